@@ -1,0 +1,38 @@
+# World Models pipeline. Every target bootstraps .venv on first use, so a fresh
+# machine needs only `make`. See README.md for the stages and their variables.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+CONFIG  ?= quick
+RUN     ?= runs/$(CONFIG)
+ARGS    ?=
+STAGE   = $(PY) -m pipeline
+
+.PHONY: all rollouts test bench lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Every stage that exists so far, in order.
+all: rollouts
+
+rollouts: $(STAMP)
+	$(STAGE).rollouts --config $(CONFIG) --run $(RUN) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m ruff check worldmodels pipeline scripts tests
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) -m scripts.bench $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check worldmodels pipeline scripts tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,45 @@
+"""What every stage entry shares: argument parsing and turning errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from worldmodels.config import Config, get_config
+from worldmodels.errors import WorldModelsError
+
+
+def parse_stage_args(description: str, argv: Sequence[str] | None = None,
+                     extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                     ) -> tuple[Config, argparse.Namespace]:
+    """--config PRESET --run DIR [stage flags] [--section.field value ...]."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="quick", help="preset: tiny, quick, default, paper")
+    parser.add_argument("--run", default=None, help="run directory (default runs/<preset>)")
+    if extra is not None:
+        extra(parser)
+    args, overrides = parser.parse_known_args(argv)
+    config = get_config(args.config, overrides)
+    args.run = args.run or os.path.join("runs", args.config)
+    return config, args
+
+
+def main_wrapper(main: Callable[[Sequence[str] | None], None]) -> Callable[[], None]:
+    """Run `main`, printing a `WorldModelsError` as one line and exiting with status 2."""
+
+    def run() -> None:
+        start = time.perf_counter()
+        try:
+            main(None)
+        except WorldModelsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted: finished outputs are kept; rerun to continue", file=sys.stderr)
+            sys.exit(130)
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    return run

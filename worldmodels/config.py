@@ -1,0 +1,214 @@
+"""Configuration: one frozen dataclass per stage, grouped in `Config`, and named presets.
+
+Presets are data (`PRESETS`), not code paths. A preset is resolved with command-line
+overrides of the form ``--section.field value`` (or ``--section.field=value``) into one
+immutable `Config`, which every stage writes next to its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from worldmodels.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment the pipeline runs on."""
+
+    name: str = "carracing"
+    """Environment module in `worldmodels.envs` (frame preprocessing, action layout)."""
+    train_id: str = "FastCarRacing-v3"
+    """gymnasium id used for rollouts and controller training (bit-identical fast copy)."""
+    eval_id: str = "CarRacing-v3"
+    """gymnasium id used by evaluation: always the reference environment."""
+    frame_size: int = 64
+    """Side of the square RGB frame every stage sees."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Stage 1: random-policy episodes in the real environment."""
+
+    episodes: int = 100
+    """Number of episodes to collect (episode i uses env seed `seed + i`)."""
+    max_steps: int = 300
+    """Cap on steps per episode (the book: 300; the original code: 1000)."""
+    policy: str = "brownian"
+    """'random': uniform action held for `action_repeat` steps (the book);
+    'brownian': a random walk on the actions (the PyTorch reimplementation)."""
+    action_repeat: int = 5
+    """Steps a sampled action is held by the 'random' policy (`action_refresh_rate`)."""
+    brownian_dt: float = 0.02
+    """Time step of the Brownian policy's random walk (1/FPS)."""
+    seed: int = 0
+    """Base seed: env seeds and policy noise both derive from it and the episode index."""
+    workers: int = 0
+    """Episodes run in parallel; 0 = every CPU Ray offers."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs, stage by stage."""
+
+    preset: str = "default"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _from_dict(cls, data, prefix="")
+
+
+# ---------------------------------------------------------------------------------------
+# Presets: each is a set of overrides on the dataclass defaults.
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Seconds: used by every test.
+    "tiny": {
+        "rollouts": {"episodes": 4, "max_steps": 60, "workers": 2},
+    },
+    # The whole pipeline in minutes on a laptop-class CPU.
+    "quick": {
+        "rollouts": {"episodes": 100, "max_steps": 300},
+    },
+    # Hours on a 2-core machine.
+    "default": {
+        "rollouts": {"episodes": 2000, "max_steps": 1000},
+    },
+    # The paper's sizes: for a Ray cluster.
+    "paper": {
+        "rollouts": {"episodes": 10000, "max_steps": 1000},
+    },
+}
+
+
+def get_config(preset: str, overrides: typing.Sequence[str] = ()) -> Config:
+    """Resolve a preset and ``--section.field value`` overrides into a `Config`."""
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"unknown preset '{preset}'; valid presets: {', '.join(sorted(PRESETS))}"
+        )
+    config = Config(preset=preset)
+    for section, values in PRESETS[preset].items():
+        config = replace(config, **{section: replace(getattr(config, section), **values)})
+    for key, raw in parse_overrides(overrides):
+        config = apply_override(config, key, raw)
+    return config
+
+
+def parse_overrides(tokens: typing.Sequence[str]) -> list[tuple[str, str]]:
+    """['--a.b', '1', '--c.d=x'] -> [('a.b', '1'), ('c.d', 'x')]."""
+    pairs, i = [], 0
+    tokens = list(tokens)
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"expected '--section.field value', got '{token}'")
+        token = token[2:]
+        if "=" in token:
+            key, value = token.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise ConfigError(f"override '--{token}' has no value")
+            key, value = token, tokens[i + 1]
+            i += 2
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def apply_override(config: Config, key: str, raw: str) -> Config:
+    """Return `config` with the dotted field `key` set from the string `raw`."""
+    parts = key.split(".")
+    sections = _section_types()
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(
+            f"unknown config field '{key}'; fields look like 'section.field' with section "
+            f"one of: {', '.join(sorted(sections))}"
+        )
+    section_name, name = parts
+    section = getattr(config, section_name)
+    hints = typing.get_type_hints(type(section))
+    if name not in hints:
+        valid = ", ".join(f"{section_name}.{f.name}" for f in fields(section))
+        raise ConfigError(f"unknown config field '{key}'; valid fields: {valid}")
+    value = _coerce(raw, hints[name], key)
+    return replace(config, **{section_name: replace(section, **{name: value})})
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {k: v for k, v in hints.items() if dataclasses.is_dataclass(v)}
+
+
+def _coerce(raw: Any, kind: Any, key: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return raw
+        if typing.get_origin(kind) is tuple:
+            (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+            return tuple(_coerce(p, item, key) for p in raw.split(",") if p)
+    except ValueError:
+        raise ConfigError(f"config field '{key}' expects {_type_name(kind)}, got '{raw}'") from None
+    raise ConfigError(f"config field '{key}' has unsupported type {kind}")
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown config field '{prefix}{sorted(unknown)[0]}' in saved config; "
+            "it was written by another version of worldmodels"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _from_dict(kind, value, prefix=f"{prefix}{name}.")
+        elif typing.get_origin(kind) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def diff_configs(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Fields that differ between two config dataclasses: [(dotted name, old, new)]."""
+    out = []
+    for f in fields(new):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(b):
+            out += diff_configs(a, b, prefix=f"{prefix}{f.name}.")
+        elif a != b:
+            out.append((f"{prefix}{f.name}", a, b))
+    return out

@@ -1,0 +1,1 @@
+"""Episode and series files: atomic writes, validated reads, streaming batches."""

@@ -1,0 +1,36 @@
+"""CarRacing glue: making the env and turning its 96x96 observation into the model's frame.
+
+`preprocess_frame` is the one frame transform every stage uses (rollouts, the controller's
+real-env loop, evaluation), so V always sees frames made the same way.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+from PIL import Image
+
+ACTION_DIM = 3
+ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
+ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+# The bottom 12 rows of the 96x96 frame are the dashboard (speed, ABS, steering, gyro);
+# like the original code we crop them and keep the 84x96 view of the track.
+CROP_ROWS = 84
+
+
+def make_env(env_id: str, **kwargs) -> gymnasium.Env:
+    """gymnasium.make with this package's ids registered."""
+    import worldmodels  # noqa: F401  (registers FastCarRacing-v3)
+
+    return gymnasium.make(env_id, **kwargs)
+
+
+def preprocess_frame(obs: np.ndarray, size: int = 64) -> np.ndarray:
+    """(96, 96, 3) uint8 observation -> (size, size, 3) uint8 frame.
+
+    Crops the dashboard and resizes with Pillow's antialiased bilinear filter.
+    """
+    if obs.shape != (96, 96, 3) or obs.dtype != np.uint8:
+        raise ValueError(f"expected a (96, 96, 3) uint8 CarRacing frame, got {obs.shape} {obs.dtype}")
+    image = Image.fromarray(obs[:CROP_ROWS])
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))

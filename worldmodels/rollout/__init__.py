@@ -1,0 +1,1 @@
+"""Acting in the real environment: policies and the (Ray-parallel) episode runners."""

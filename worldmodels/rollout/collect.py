@@ -1,0 +1,140 @@
+"""Stage 1: random-policy episodes in the real environment, in parallel with Ray.
+
+Each episode is one Ray task that returns the compressed bytes of its .npz; the driver
+alone writes files (atomically), so workers on other nodes need no shared storage and a
+killed worker's task is simply retried. Episode i is fully determined by (seed, i).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldmodels.config import Config, EnvConfig, RolloutConfig
+from worldmodels.data.atomic import atomic_write_bytes, remove_stale_temporaries
+from worldmodels.data.episodes import (
+    check_episode_file,
+    episode_arrays,
+    episode_bytes,
+    episode_index,
+    episode_name,
+    list_episodes,
+)
+from worldmodels.envs import get_env_module
+from worldmodels.rollout.policies import make_random_policy
+
+
+def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> dict[str, np.ndarray]:
+    """Play episode `index` with the random policy; returns the episode's arrays."""
+    module = get_env_module(env_cfg.name)
+    env = module.make_env(env_cfg.train_id)
+    try:
+        seed = cfg.seed + index
+        rng = np.random.default_rng([cfg.seed, index])
+        space = env.action_space
+        policy = make_random_policy(cfg.policy, space.low, space.high,
+                                    action_repeat=cfg.action_repeat,
+                                    brownian_dt=cfg.brownian_dt, rng=rng)
+        obs, _ = env.reset(seed=seed)
+        frames, actions, rewards, terms, truncs = [], [], [], [], []
+        for t in range(cfg.max_steps):
+            frame = module.preprocess_frame(obs, env_cfg.frame_size)
+            action = policy.act(frame)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            truncated = truncated or (t == cfg.max_steps - 1 and not terminated)
+            frames.append(frame)
+            actions.append(action)
+            rewards.append(reward)
+            terms.append(terminated)
+            truncs.append(truncated)
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return episode_arrays(frames, actions, rewards, terms, truncs,
+                          env_id=env_cfg.train_id, seed=seed, policy=cfg.policy)
+
+
+def _episode_task(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> tuple[int, int, bytes]:
+    arrays = run_random_episode(env_cfg, cfg, index)
+    return index, len(arrays["reward"]), episode_bytes(arrays)
+
+
+@dataclass
+class RolloutSummary:
+    written: int
+    skipped: int
+    steps: int
+    seconds: float
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / max(self.seconds, 1e-9)
+
+    @property
+    def episodes_per_s(self) -> float:
+        return self.written / max(self.seconds, 1e-9)
+
+
+def pending_episodes(folder: Path, episodes: int) -> tuple[list[int], int]:
+    """Indices still to collect, and how many finished episodes are already there.
+    A corrupt or truncated finished episode raises `DataError` (nothing is overwritten)."""
+    remove_stale_temporaries(folder)
+    done = set()
+    for path in list_episodes(folder):
+        check_episode_file(path)
+        done.add(episode_index(path))
+    todo = [i for i in range(episodes) if i not in done]
+    return todo, len(done & set(range(episodes)))
+
+
+def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None = None,
+                     progress: bool = True) -> RolloutSummary:
+    """Collect the missing episodes of `config.rollouts` into `folder`, in parallel.
+
+    `workers` (default: `config.rollouts.workers`, 0 = every CPU Ray offers) bounds the
+    episodes in flight. Returns counts and throughput of this call.
+    """
+    from worldmodels.parallel import cluster_cpus, init_ray
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = config.rollouts
+    todo, skipped = pending_episodes(folder, cfg.episodes)
+    if not todo:
+        return RolloutSummary(written=0, skipped=skipped, steps=0, seconds=0.0)
+
+    workers = cfg.workers if workers is None else workers
+    ray = init_ray(num_cpus=workers or None)
+    parallel = workers or cluster_cpus()
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_episode_task)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.episodes, initial=skipped, unit="ep", desc="rollouts", dynamic_ncols=True)
+    start, steps, written = time.perf_counter(), 0, 0
+    queue, in_flight = list(todo), []
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < 2 * parallel:
+                in_flight.append(task.remote(config.env, cfg, queue.pop(0)))
+            ready, in_flight = ray.wait(in_flight, num_returns=1)
+            index, length, data = ray.get(ready[0])
+            atomic_write_bytes(folder / episode_name(index), data)
+            steps += length
+            written += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+    return RolloutSummary(written=written, skipped=skipped, steps=steps,
+                          seconds=time.perf_counter() - start)
