@@ -34,7 +34,9 @@ def prepare_stage_dir(run: str | os.PathLike, stage: str, config: Config,
         try:
             saved = Config.from_dict(json.loads(saved_path.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
-            raise ConfigError(f"{saved_path} is not a valid config ({exc}); delete it to start over") from None
+            raise ConfigError(
+                f"{saved_path} is not a valid config ({exc}); delete it to start over"
+            ) from None
         for section in sections:
             for name, old, new in diff_configs(getattr(saved, section), getattr(config, section),
                                                prefix=f"{section}."):

@@ -109,7 +109,8 @@ def validate_episode(arrays: dict[str, np.ndarray], where: str) -> int:
         raise fail(f"action must be float32 ({steps}, A), got {action.dtype} {action.shape}")
     for key, dtype in (("reward", np.float32), ("terminated", bool), ("truncated", bool)):
         if arrays[key].dtype != dtype or arrays[key].shape != (steps,):
-            raise fail(f"{key} must be {np.dtype(dtype)} ({steps},), got {arrays[key].dtype} {arrays[key].shape}")
+            got = f"{arrays[key].dtype} {arrays[key].shape}"
+            raise fail(f"{key} must be {np.dtype(dtype)} ({steps},), got {got}")
     if not (np.isfinite(action).all() and np.isfinite(arrays["reward"]).all()):
         raise fail("action or reward holds NaN or inf")
     return steps

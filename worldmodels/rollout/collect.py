@@ -24,7 +24,8 @@ from worldmodels.data.episodes import (
     list_episodes,
 )
 from worldmodels.envs import get_env_module
-from worldmodels.rollout.policies import make_random_policy
+from worldmodels.errors import ConfigError, WorldModelsError
+from worldmodels.rollout.policies import POLICIES, make_random_policy
 
 
 def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> dict[str, np.ndarray]:
@@ -79,6 +80,17 @@ class RolloutSummary:
         return self.written / max(self.seconds, 1e-9)
 
 
+def validate_rollout_config(config: Config) -> None:
+    """Refuse values that would only fail inside a worker, before any work starts."""
+    get_env_module(config.env.name)
+    cfg = config.rollouts
+    if cfg.policy not in POLICIES:
+        raise ConfigError(f"unknown rollout policy '{cfg.policy}'; valid: {', '.join(POLICIES)}")
+    if cfg.episodes < 0 or cfg.max_steps < 1 or cfg.workers < 0:
+        raise ConfigError("rollouts.episodes and rollouts.workers must be >= 0 and "
+                          "rollouts.max_steps >= 1")
+
+
 def pending_episodes(folder: Path, episodes: int) -> tuple[list[int], int]:
     """Indices still to collect, and how many finished episodes are already there.
     A corrupt or truncated finished episode raises `DataError` (nothing is overwritten)."""
@@ -103,6 +115,7 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = config.rollouts
+    validate_rollout_config(config)
     todo, skipped = pending_episodes(folder, cfg.episodes)
     if not todo:
         return RolloutSummary(written=0, skipped=skipped, steps=0, seconds=0.0)
@@ -124,7 +137,12 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
             while queue and len(in_flight) < 2 * parallel:
                 in_flight.append(task.remote(config.env, cfg, queue.pop(0)))
             ready, in_flight = ray.wait(in_flight, num_returns=1)
-            index, length, data = ray.get(ready[0])
+            try:
+                index, length, data = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, WorldModelsError):
+                    raise exc.cause from None
+                raise
             atomic_write_bytes(folder / episode_name(index), data)
             steps += length
             written += 1

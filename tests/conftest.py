@@ -1,0 +1,35 @@
+"""Shared fixtures. Every test uses the `tiny` preset; subprocess tests run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(stage: str, *args: str, check: bool = True, timeout: float = 300,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline.<stage> ...` as a user would, from the project root."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"stage {stage} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the in-process tests of the session."""
+    from worldmodels.parallel import init_ray
+
+    ray = init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

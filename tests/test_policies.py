@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from worldmodels.errors import ConfigError
+from worldmodels.rollout.policies import make_random_policy
+
+LOW = np.array([-1.0, 0.0, 0.0], np.float32)
+HIGH = np.array([1.0, 1.0, 1.0], np.float32)
+
+
+@pytest.mark.parametrize("name", ["random", "brownian"])
+def test_policies_stay_in_bounds_and_are_reproducible(name):
+    def actions(seed):
+        policy = make_random_policy(name, LOW, HIGH, action_repeat=5, brownian_dt=0.02,
+                                    rng=np.random.default_rng(seed))
+        return np.stack([policy.act() for _ in range(200)])
+
+    a = actions(1)
+    assert a.dtype == np.float32 and a.shape == (200, 3)
+    assert (a >= LOW).all() and (a <= HIGH).all()
+    np.testing.assert_array_equal(a, actions(1))
+    assert not np.array_equal(a, actions(2))
+
+
+def test_random_policy_holds_each_action_for_repeat_steps():
+    policy = make_random_policy("random", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
+                                rng=np.random.default_rng(0))
+    a = np.stack([policy.act() for _ in range(20)])
+    for block in a.reshape(4, 5, 3):
+        assert (block == block[0]).all()
+    assert len({tuple(b[0]) for b in a.reshape(4, 5, 3)}) == 4
+
+
+def test_brownian_policy_moves_in_small_steps():
+    policy = make_random_policy("brownian", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
+                                rng=np.random.default_rng(0))
+    a = np.stack([policy.act() for _ in range(500)])
+    assert np.abs(np.diff(a, axis=0)).max() < 0.8  # sqrt(0.02) * ~5 sigma
+
+
+def test_unknown_policy():
+    with pytest.raises(ConfigError, match="valid: random, brownian"):
+        make_random_policy("greedy", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
+                           rng=np.random.default_rng(0))
