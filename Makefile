@@ -10,7 +10,7 @@ RUN     ?= runs/$(CONFIG)
 ARGS    ?=
 STAGE   = $(PY) -m pipeline
 
-.PHONY: all rollouts test bench lint clean-venv
+.PHONY: all rollouts train-vae series test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Every stage that exists so far, in order.
-all: rollouts
+all: $(STAMP)
+	$(MAKE) --no-print-directory rollouts
+	$(MAKE) --no-print-directory train-vae
+	$(MAKE) --no-print-directory series
 
 rollouts: $(STAMP)
 	$(STAGE).rollouts --config $(CONFIG) --run $(RUN) $(ARGS)
+
+train-vae: $(STAMP)
+	$(STAGE).train_vae --config $(CONFIG) --run $(RUN) $(ARGS)
+
+series: $(STAMP)
+	$(STAGE).series --config $(CONFIG) --run $(RUN) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check worldmodels pipeline scripts tests

@@ -43,3 +43,15 @@ def main_wrapper(main: Callable[[Sequence[str] | None], None]) -> Callable[[], N
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     return run
+
+
+def configure_host_devices(devices: int) -> None:
+    """Expose `devices` host devices to XLA (0 = one per core), for data-parallel steps.
+
+    Must run before jax is imported, so stage entries import the library after calling it."""
+    if "jax" in sys.modules:
+        return
+    n = devices or os.cpu_count() or 1
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()

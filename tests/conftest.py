@@ -10,6 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# One persistent XLA compilation cache for every process of the test session: the CLI tests
+# start many short processes that compile the same tiny models.
+JAX_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": os.environ.get("WM_TEST_JAX_CACHE", "/tmp/worldmodels-test-jax-cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+os.environ.update(JAX_CACHE)
 
 
 def run_stage(stage: str, *args: str, check: bool = True, timeout: float = 300,

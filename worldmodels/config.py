@@ -52,12 +52,59 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class VisionConfig:
+    """Stage 2: V, the vision model that compresses a frame to z."""
+
+    model: str = "vae"
+    """Name in the vision-model registry (`worldmodels.models.vision`)."""
+    latent_dim: int = 32
+    """Size of z."""
+    encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
+    """Filters of the four kernel-4 stride-2 convolutions (the paper's)."""
+    decoder_channels: tuple[int, ...] = (128, 64, 32)
+    """Filters of the first three transposed convolutions (the last one makes RGB)."""
+    kl_tolerance: float = 0.5
+    """KL per image is floored at kl_tolerance * latent_dim (the original code)."""
+    kl_weight: float = 1.0
+    """Weight of the KL term (beta); 1 is the paper's VAE."""
+    learning_rate: float = 1e-4
+    batch_size: int = 100
+    epochs: int = 10
+    """Passes over the training episodes (the paper: 1, its code: 10)."""
+    max_steps: int = 0
+    """Stop after this many train steps in all (0 = no cap)."""
+    layers: str = "flax"
+    """'fast': convolutions written for XLA:CPU; 'flax': flax.linen's. Same parameters."""
+    devices: int = 0
+    """Host devices to split each batch over (data parallel); 0 = one per CPU core."""
+    chunk_frames: int = 20000
+    """Frames held in one shuffle chunk (several random episodes); bounds memory."""
+    holdout_fraction: float = 0.05
+    """Share of episodes kept out of training to measure reconstruction error."""
+    checkpoint_every: int = 500
+    """Train steps between checkpoints (and one at the end of every epoch)."""
+    log_every: int = 20
+    """Train steps between rows of metrics.csv."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """Stage 3: every episode encoded by V."""
+
+    batch_size: int = 1000
+    """Frames encoded per jitted call."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one run needs, stage by stage."""
 
     preset: str = "default"
     env: EnvConfig = field(default_factory=EnvConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,10 +124,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Seconds: used by every test.
     "tiny": {
         "rollouts": {"episodes": 4, "max_steps": 60, "workers": 2},
+        "vision": {"encoder_channels": (4, 8, 8, 16), "decoder_channels": (8, 8, 4),
+                   "latent_dim": 8, "batch_size": 16, "epochs": 2, "chunk_frames": 100,
+                   "checkpoint_every": 5, "log_every": 2, "holdout_fraction": 0.25},
+        "series": {"batch_size": 32},
     },
     # The whole pipeline in minutes on a laptop-class CPU.
     "quick": {
         "rollouts": {"episodes": 100, "max_steps": 300},
+        "vision": {"epochs": 1},
     },
     # Hours on a 2-core machine.
     "default": {

@@ -1,0 +1,27 @@
+"""`make train-vae`: train V on RUN/rollouts; checkpoints, curves and pictures in RUN/vision."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from pipeline._cli import configure_host_devices, main_wrapper, parse_stage_args
+from worldmodels.run_dir import prepare_stage_dir
+
+FREE_FIELDS = ("vision.epochs", "vision.max_steps", "vision.devices", "vision.layers",
+               "vision.chunk_frames", "vision.checkpoint_every", "vision.log_every")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config, args = parse_stage_args(__doc__, argv)
+    configure_host_devices(config.vision.devices)
+    from worldmodels.train.vision import train_vision
+
+    prepare_stage_dir(args.run, "vision", config, sections=("env", "vision"), free_fields=FREE_FIELDS)
+    summary = train_vision(config, args.run)
+    print("train-vae: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                      for k, v in summary.items()}))
+
+
+if __name__ == "__main__":
+    main_wrapper(main)()

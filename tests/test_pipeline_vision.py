@@ -1,0 +1,94 @@
+"""`make train-vae` and `make series` end to end on the tiny preset, through the CLI."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import run_stage
+from worldmodels.checkpoint import read_checkpoint_meta
+from worldmodels.data.series import list_series, load_series
+from worldmodels.viz.plots import read_csv
+
+
+@pytest.fixture(scope="module")
+def rollouts(tmp_path_factory):
+    run = tmp_path_factory.mktemp("rollouts_run")
+    run_stage("rollouts", "--config", "tiny", "--run", str(run))
+    return run / "rollouts"
+
+
+def new_run(tmp_path, rollouts, name):
+    run = tmp_path / name
+    run.mkdir()
+    shutil.copytree(rollouts, run / "rollouts")
+    return run
+
+
+def params_of(run):
+    from flax import serialization
+
+    return serialization.msgpack_restore((run / "vision" / "params.msgpack").read_bytes())["state"]
+
+
+def test_train_vae_then_series(tmp_path, rollouts):
+    run = new_run(tmp_path, rollouts, "a")
+    result = run_stage("train_vae", "--config", "tiny", "--run", str(run))
+    summary = json.loads((run / "vision" / "summary.json").read_text())
+    assert summary["steps"] > 0 and np.isfinite(summary["heldout_mse_per_pixel"])
+    assert "train-vae:" in result.stdout
+    for name in ("checkpoint.msgpack", "params.msgpack", "metrics.csv", "curves.png",
+                 "reconstructions.png", "traversals.png", "config.json"):
+        assert (run / "vision" / name).exists(), name
+    rows = read_csv(run / "vision" / "metrics.csv")
+    assert rows and all(np.isfinite(r["loss"]) for r in rows)
+
+    run_stage("series", "--config", "tiny", "--run", str(run))
+    series = list_series(run / "series")
+    assert len(series) == 4
+    for path in series:
+        s = load_series(path)
+        assert s["mu"].shape[1] == 8 and s["logvar"].shape == s["mu"].shape
+        assert s["action"].shape == (len(s["mu"]), 3)
+    initial = np.load(run / "series" / "initial_z.npz")
+    assert initial["mu"].shape == (4, 8)
+    again = run_stage("series", "--config", "tiny", "--run", str(run))
+    assert "0 encoded, 4 already there" in again.stdout
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path, rollouts):
+    straight = new_run(tmp_path, rollouts, "straight")
+    run_stage("train_vae", "--config", "tiny", "--run", str(straight), "--vision.max_steps", "13")
+    resumed = new_run(tmp_path, rollouts, "resumed")
+    run_stage("train_vae", "--config", "tiny", "--run", str(resumed), "--vision.max_steps", "6")
+    assert read_checkpoint_meta(resumed / "vision" / "checkpoint.msgpack")["step"] == 6
+    run_stage("train_vae", "--config", "tiny", "--run", str(resumed), "--vision.max_steps", "13")
+    assert read_checkpoint_meta(resumed / "vision" / "checkpoint.msgpack")["step"] == 13
+    for a, b in zip(jax.tree.leaves(params_of(straight)), jax.tree.leaves(params_of(resumed)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    steps = [r["step"] for r in read_csv(resumed / "vision" / "metrics.csv")]
+    assert steps == sorted(set(steps))  # no duplicated rows after the resume
+
+
+def test_bad_input(tmp_path, rollouts):
+    empty = tmp_path / "empty"
+    result = run_stage("train_vae", "--config", "tiny", "--run", str(empty), check=False)
+    assert result.returncode == 2 and "run `make rollouts` first" in result.stderr
+    result = run_stage("series", "--config", "tiny", "--run", str(empty), check=False)
+    assert result.returncode == 2 and "run `make train-vae` first" in result.stderr
+
+    run = new_run(tmp_path, rollouts, "b")
+    run_stage("train_vae", "--config", "tiny", "--run", str(run), "--vision.max_steps", "2")
+    result = run_stage("train_vae", "--config", "tiny", "--run", str(run), "--vision.latent_dim", "4",
+                       check=False)
+    assert result.returncode == 2 and "vision.latent_dim=8, now 4" in result.stderr
+    (run / "vision" / "config.json").unlink()  # even without the saved config, the checkpoint says
+    result = run_stage("train_vae", "--config", "tiny", "--run", str(run), "--vision.latent_dim", "4",
+                       check=False)
+    assert result.returncode == 2 and "trained with vision.latent_dim=8" in result.stderr
+    result = run_stage("series", "--config", "tiny", "--run", str(run), "--vision.latent_dim", "4",
+                       check=False)
+    assert result.returncode == 2 and "latent_dim" in result.stderr

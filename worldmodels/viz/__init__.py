@@ -1,0 +1,1 @@
+"""Pictures a person would rather look at than read: grids, curves, videos."""

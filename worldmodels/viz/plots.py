@@ -1,0 +1,49 @@
+"""Training curves and histograms with matplotlib (Agg backend, files only)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+
+from worldmodels.data.atomic import atomic_write_bytes
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, float]]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_curves(path: str | os.PathLike, rows: Sequence[dict[str, float]], x: str,
+                panels: Sequence[Sequence[str]], title: str = "", log_y: Sequence[bool] = ()) -> None:
+    """One panel per group of columns, plotted against column `x`; saved as PNG."""
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for k, (ax, columns) in enumerate(zip(axes[0], panels, strict=True)):
+        for column in columns:
+            points = [(r[x], r[column]) for r in rows if column in r and x in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, label=column)
+        ax.set_xlabel(x)
+        if k < len(log_y) and log_y[k]:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
