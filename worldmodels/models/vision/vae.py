@@ -7,7 +7,6 @@ stride 2, ReLU, sigmoid output -> 64x64x3. Channel counts come from `VisionConfi
 
 from __future__ import annotations
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
