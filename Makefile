@@ -10,7 +10,7 @@ RUN     ?= runs/$(CONFIG)
 ARGS    ?=
 STAGE   = $(PY) -m pipeline
 
-.PHONY: all rollouts train-vae series test bench lint clean-venv
+.PHONY: all rollouts train-vae series train-rnn test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ all: $(STAMP)
 	$(MAKE) --no-print-directory rollouts
 	$(MAKE) --no-print-directory train-vae
 	$(MAKE) --no-print-directory series
+	$(MAKE) --no-print-directory train-rnn
 
 rollouts: $(STAMP)
 	$(STAGE).rollouts --config $(CONFIG) --run $(RUN) $(ARGS)
@@ -32,6 +33,9 @@ train-vae: $(STAMP)
 
 series: $(STAMP)
 	$(STAGE).series --config $(CONFIG) --run $(RUN) $(ARGS)
+
+train-rnn: $(STAMP)
+	$(STAGE).train_rnn --config $(CONFIG) --run $(RUN) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check worldmodels pipeline scripts tests

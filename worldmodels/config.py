@@ -97,6 +97,41 @@ class SeriesConfig:
 
 
 @dataclass(frozen=True)
+class MDNRNNConfig:
+    """Stage 4: M, the MDN-RNN that predicts the next z (and reward, done)."""
+
+    hidden: int = 256
+    """LSTM units."""
+    mixtures: int = 5
+    """Gaussian mixture components per latent dimension."""
+    prev_reward_input: bool = False
+    """Feed the previous reward to the LSTM ([z, a, r]; the book's 36 inputs)."""
+    reward_head: str = "binary"
+    """'binary': P(reward > 0 and not done), BCE (the book); 'regression': MSE on the reward;
+    'none'."""
+    done_head: bool = True
+    """Predict the episode's end (BCE)."""
+    reward_weight: float = 1.0
+    done_weight: float = 1.0
+    min_log_sigma: float = -5.0
+    """Bounds on each component's log sigma, so the likelihood stays finite."""
+    max_log_sigma: float = 2.0
+    seq_len: int = 100
+    """Steps per training sequence (the original: 999)."""
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0
+    steps: int = 4000
+    """Train steps in all."""
+    holdout_fraction: float = 0.05
+    checkpoint_every: int = 500
+    log_every: int = 50
+    temperature: float = 1.0
+    """tau for sampling (logits / tau, sigma * sqrt(tau)): dreams and the dream video."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one run needs, stage by stage."""
 
@@ -105,6 +140,7 @@ class Config:
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
+    mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,11 +164,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "latent_dim": 8, "batch_size": 16, "epochs": 2, "chunk_frames": 100,
                    "checkpoint_every": 5, "log_every": 2, "holdout_fraction": 0.25},
         "series": {"batch_size": 32},
+        "mdnrnn": {"hidden": 16, "mixtures": 2, "seq_len": 20, "batch_size": 8, "steps": 12,
+                   "checkpoint_every": 5, "log_every": 2, "holdout_fraction": 0.25},
     },
     # The whole pipeline in minutes on a laptop-class CPU.
     "quick": {
         "rollouts": {"episodes": 100, "max_steps": 300},
         "vision": {"epochs": 1},
+        "mdnrnn": {"seq_len": 100, "steps": 1500},
     },
     # Hours on a 2-core machine.
     "default": {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def squared_error_per_image(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -24,3 +26,27 @@ def vae_loss_terms(recon, target, mu, logvar, kl_tolerance: float, kl_weight: fl
     floored = jnp.maximum(kl, kl_tolerance * mu.shape[-1])
     loss = jnp.mean(r_loss + kl_weight * floored)
     return loss, jnp.mean(r_loss), jnp.mean(kl)
+
+
+LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
+
+
+def mdn_log_likelihood(logit_pi, mu, log_sigma, target):
+    """log sum_k pi_k N(target | mu_k, sigma_k), per dimension, computed stably.
+
+    logit_pi, mu, log_sigma: (..., K, Z); target: (..., Z) -> (..., Z)."""
+    log_pi = jax.nn.log_softmax(logit_pi, axis=-2)
+    scaled = (target[..., None, :] - mu) * jnp.exp(-log_sigma)
+    log_normal = -0.5 * jnp.square(scaled) - log_sigma - LOG_SQRT_2PI
+    return jax.scipy.special.logsumexp(log_pi + log_normal, axis=-2)
+
+
+def masked_mean(values, mask):
+    """Mean of `values` over entries where `mask` is 1 (0 if there are none)."""
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def binary_cross_entropy_with_logits(logits, labels):
+    """Elementwise BCE, stable for any logit."""
+    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))

@@ -68,7 +68,7 @@ def encode_rollouts(rollouts: str | os.PathLike, folder: str | os.PathLike, mode
     import jax
     import jax.numpy as jnp
 
-    from worldmodels.train.vision import data_parallel
+    from worldmodels.train.common import data_parallel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,15 +9,12 @@ state, step and data order.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,51 +26,33 @@ from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
 from worldmodels.data.frames import FrameStream, load_frames, split_episodes
 from worldmodels.errors import CheckpointError, ConfigError
 from worldmodels.models.vision import VisionModel, get_vision_model
+from worldmodels.train.common import MetricsLog, TrainState, data_parallel, init_train_state
 
 # Fields of VisionConfig that fix the parameter tree: a checkpoint must match them.
 ARCHITECTURE_FIELDS = ("model", "latent_dim", "encoder_channels", "decoder_channels")
 METRIC_COLUMNS = ("step", "epoch", "loss", "recon", "kl", "images_per_s", "wall_s")
 
 
-@flax.struct.dataclass
-class VisionState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
 def make_optimizer(cfg: VisionConfig) -> optax.GradientTransformation:
     return optax.adam(cfg.learning_rate)
 
 
-def init_state(model: VisionModel, tx: optax.GradientTransformation, key: jax.Array) -> VisionState:
-    params = jax.jit(model.init)(key)  # one compile instead of one per initializer op
-    return VisionState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params))
+def init_state(model: VisionModel, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    return init_train_state(model.init, tx, key)
 
 
 def make_train_step(model: VisionModel, tx: optax.GradientTransformation) -> Callable:
     """(state, uint8 frames (B, S, S, 3), key) -> (state, metrics). Not jitted."""
 
-    def train_step(state: VisionState, batch: jax.Array, key: jax.Array):
+    def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
         frames = batch.astype(jnp.float32) / 255.0
         grad_fn = jax.value_and_grad(model.loss, has_aux=True)
         (_, metrics), grads = grad_fn(state.params, frames, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return VisionState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
-
-
-def data_parallel(n_devices: int, batch_size: int):
-    """(mesh, batch sharding, replicated sharding) over the first usable host devices."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    devices = jax.devices()[: max(1, n_devices or len(jax.devices()))]
-    while len(devices) > 1 and batch_size % len(devices):
-        devices = devices[:-1]
-    mesh = Mesh(np.array(devices), ("data",))
-    return mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
 def vision_meta(cfg: VisionConfig) -> dict[str, Any]:
@@ -127,22 +106,6 @@ def _heldout_frames(paths, frame_size: int, limit: int = 1000, seed: int = 0) ->
     return frames[np.sort(take)]
 
 
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _read_metrics(path: Path, up_to_step: int) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    from worldmodels.viz.plots import read_csv
-
-    return [r for r in read_csv(path) if r.get("step", 0) <= up_to_step]
-
-
 def train_vision(config: Config, run: str | Path, progress: bool = True,
                  progress_fn: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train V on RUN/rollouts into RUN/vision; resumes from RUN/vision/checkpoint.msgpack."""
@@ -175,7 +138,8 @@ def train_vision(config: Config, run: str | Path, progress: bool = True,
         epoch, batch_in_epoch = meta["epoch"], meta["batch"]
     state = jax.device_put(state, replicated)
     step = int(state.step)
-    rows = _read_metrics(out / "metrics.csv", step)
+    log = MetricsLog(out / "metrics.csv", METRIC_COLUMNS, resume_step=step)
+    rows = log.rows
     step_fn = jax.jit(make_train_step(model, tx), donate_argnums=0)
     key = jax.random.key(cfg.seed + 1)
 
@@ -183,7 +147,7 @@ def train_vision(config: Config, run: str | Path, progress: bool = True,
         host_state = jax.device_get(state)
         save_checkpoint(ckpt_path, host_state, {**vision_meta(cfg), "epoch": epoch_, "batch": batch_,
                                                 "step": int(host_state.step)})
-        _write_metrics(out / "metrics.csv", rows)
+        log.write()
 
     bar = None
     if progress and step < total_steps:

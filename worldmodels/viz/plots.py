@@ -47,3 +47,22 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[dict[str, float]], x: st
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_series(path: str | os.PathLike, lines: dict[str, Sequence[float]], xlabel: str = "",
+                title: str = "") -> None:
+    """Several named lines over a shared index; saved as PNG."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for name, values in lines.items():
+        ax.plot(values, label=name, lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,4 +1,4 @@
-"""`make train-vae` and `make series` end to end on the tiny preset, through the CLI."""
+"""The stages after rollouts end to end on the tiny preset, through the CLI."""
 
 import json
 import shutil
@@ -57,6 +57,24 @@ def test_train_vae_then_series(tmp_path, rollouts):
     again = run_stage("series", "--config", "tiny", "--run", str(run))
     assert "0 encoded, 4 already there" in again.stdout
 
+    result = run_stage("train_rnn", "--config", "tiny", "--run", str(run))
+    summary = json.loads((run / "mdnrnn" / "summary.json").read_text())
+    assert summary["steps"] == 12 and np.isfinite(summary["heldout_z_nll"])
+    for name in ("checkpoint.msgpack", "params.msgpack", "metrics.csv", "curves.png", "reward.png",
+                 "dream.mp4", "dream_strip.png"):
+        assert (run / "mdnrnn" / name).exists(), name
+
+    # M's bad input: sequences longer than any episode, another architecture on resume.
+    other = tmp_path / "other"
+    shutil.copytree(run / "series", other / "series")
+    result = run_stage("train_rnn", "--config", "tiny", "--run", str(other), "--mdnrnn.seq_len", "500",
+                       check=False)
+    assert result.returncode == 2 and "lower --mdnrnn.seq_len" in result.stderr
+    (run / "mdnrnn" / "config.json").unlink()
+    result = run_stage("train_rnn", "--config", "tiny", "--run", str(run), "--mdnrnn.hidden", "12",
+                       check=False)
+    assert result.returncode == 2 and "trained with mdnrnn.hidden=16" in result.stderr
+
 
 def test_resumed_training_equals_uninterrupted(tmp_path, rollouts):
     straight = new_run(tmp_path, rollouts, "straight")
@@ -79,6 +97,8 @@ def test_bad_input(tmp_path, rollouts):
     assert result.returncode == 2 and "run `make rollouts` first" in result.stderr
     result = run_stage("series", "--config", "tiny", "--run", str(empty), check=False)
     assert result.returncode == 2 and "run `make train-vae` first" in result.stderr
+    result = run_stage("train_rnn", "--config", "tiny", "--run", str(empty), check=False)
+    assert result.returncode == 2 and "run `make series` first" in result.stderr
 
     run = new_run(tmp_path, rollouts, "b")
     run_stage("train_vae", "--config", "tiny", "--run", str(run), "--vision.max_steps", "2")

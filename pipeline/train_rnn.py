@@ -1,0 +1,25 @@
+"""`make train-rnn`: train M on RUN/series; checkpoints, curves and held-out checks in RUN/mdnrnn."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from pipeline._cli import main_wrapper, parse_stage_args
+from worldmodels.run_dir import prepare_stage_dir
+
+FREE_FIELDS = ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "mdnrnn.temperature")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config, args = parse_stage_args(__doc__, argv)
+    from worldmodels.train.mdnrnn import train_mdnrnn
+
+    prepare_stage_dir(args.run, "mdnrnn", config, sections=("mdnrnn",), free_fields=FREE_FIELDS)
+    summary = train_mdnrnn(config, args.run)
+    print("train-rnn: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                      for k, v in summary.items()}))
+
+
+if __name__ == "__main__":
+    main_wrapper(main)()

@@ -1,0 +1,134 @@
+"""M: hand-worked mixture likelihood, stability, scan == step loop, sampling, the dream."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from worldmodels.config import get_config
+from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout, dream_rollout_python
+from worldmodels.losses import binary_cross_entropy_with_logits, mdn_log_likelihood
+from worldmodels.models.controller import carracing_squash, controller_features, controller_output
+from worldmodels.models.mdnrnn import MDNOutput, mixture_mean, sample_mdn
+from worldmodels.train.common import init_train_state
+from worldmodels.train.mdnrnn import init_params, make_module, make_optimizer, make_train_step
+
+
+def normal_pdf(x, mu, sigma):
+    return math.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def test_mixture_likelihood_hand_worked():
+    # One dimension, two components: pi = (0.25, 0.75), mu = (0, 1), sigma = (1, 2), x = 0.5.
+    logit_pi = jnp.log(jnp.array([[0.25], [0.75]]))  # (K=2, Z=1)
+    mu = jnp.array([[0.0], [1.0]])
+    log_sigma = jnp.log(jnp.array([[1.0], [2.0]]))
+    expected = math.log(0.25 * normal_pdf(0.5, 0, 1) + 0.75 * normal_pdf(0.5, 1, 2))
+    got = mdn_log_likelihood(logit_pi, mu, log_sigma, jnp.array([0.5]))
+    np.testing.assert_allclose(got, [expected], rtol=1e-6)
+    assert abs(expected - (-1.456642)) < 1e-5  # worked by hand: log(0.0880163 + 0.1450006)
+
+
+def test_likelihood_and_bce_are_finite_on_extreme_inputs():
+    logit_pi = jnp.array([[1e4], [-1e4]])
+    mu = jnp.array([[0.0], [1e3]])
+    log_sigma = jnp.array([[-5.0], [2.0]])  # the configured bounds
+    for target in (0.0, 1e6, -1e6):
+        value = mdn_log_likelihood(logit_pi, mu, log_sigma, jnp.array([target]))
+        grad = jax.grad(lambda m: mdn_log_likelihood(logit_pi, m, log_sigma, jnp.array([target])).sum())(mu)
+        assert np.isfinite(value).all() and np.isfinite(grad).all()
+    bce = binary_cross_entropy_with_logits(jnp.array([-1e4, 1e4, 0.0]), jnp.array([1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(bce, [1e4, 1e4, math.log(2)], rtol=1e-6)
+
+
+def tiny_module(**overrides):
+    cfg = get_config("tiny").mdnrnn
+    cfg = type(cfg)(**{**cfg.__dict__, **overrides})
+    return cfg, make_module(cfg, latent_dim=4, action_dim=3)
+
+
+@pytest.mark.parametrize("prev_reward_input", [False, True])
+def test_scanned_sequence_equals_step_by_step(prev_reward_input):
+    _, module = tiny_module(prev_reward_input=prev_reward_input)
+    params = init_params(module, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, 7, module.input_dim))
+    _, out_seq, hs = module.apply({"params": params}, x)
+    state = module.initial_state((2,))
+    for t in range(7):
+        state, out = module.apply({"params": params}, state, x[:, t], method=type(module).step)
+        np.testing.assert_allclose(out.mu, out_seq.mu[:, t], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out.done, out_seq.done[:, t], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state.h, hs[:, t], rtol=1e-5, atol=1e-6)
+    assert out_seq.logit_pi.shape == (2, 7, 2, 4)
+    assert (out_seq.log_sigma >= -5).all() and (out_seq.log_sigma <= 2).all()
+
+
+def test_sampling_matches_the_mixture_and_temperature_sharpens():
+    out = MDNOutput(logit_pi=jnp.log(jnp.array([[0.3], [0.7]])), mu=jnp.array([[-2.0], [3.0]]),
+                    log_sigma=jnp.log(jnp.array([[0.5], [0.5]])), reward=jnp.zeros(()), done=jnp.zeros(()))
+    keys = jax.random.split(jax.random.key(0), 20000)
+    samples = jax.vmap(lambda k: sample_mdn(k, out, 1.0))(keys)
+    np.testing.assert_allclose(samples.mean(), mixture_mean(out)[0], atol=0.05)  # 0.3*-2 + 0.7*3
+    cold = jax.vmap(lambda k: sample_mdn(k, out, 0.05))(keys)
+    assert (jnp.abs(cold - 3.0) < 0.5).mean() > 0.99  # the likelier component, nearly its mean
+
+
+def test_train_step_lowers_the_loss():
+    cfg, module = tiny_module(learning_rate=1e-2)
+    n = 120
+    t = np.arange(n, dtype=np.float32)
+    data = {  # a smooth latent trajectory M can learn to predict
+        "mu": jnp.asarray(np.stack([np.sin(t / 5), np.cos(t / 5), np.sin(t / 9), np.cos(t / 3)], 1)),
+        "logvar": jnp.full((n, 4), -6.0), "action": jnp.zeros((n, 3)),
+        "reward": jnp.asarray((t % 7 == 0).astype(np.float32)), "done": jnp.zeros(n).at[-1].set(1.0),
+        "episode_start": jnp.zeros(n, jnp.int32), "episode_end": jnp.full(n, n - 1, jnp.int32),
+    }
+    tx = make_optimizer(cfg)
+    state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
+    step = jax.jit(make_train_step(module, cfg, tx))
+    losses = []
+    for i in range(40):
+        starts = jnp.asarray(np.random.default_rng(i).integers(0, n - cfg.seq_len + 1, cfg.batch_size))
+        state, metrics = step(state, data, starts, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def make_dream(reward_head="binary"):
+    cfg, module = tiny_module(reward_head=reward_head)
+    rnn = init_params(module, jax.random.key(0))
+    rnn = jax.tree.map(lambda a: a * 3.0, rnn)  # livelier dynamics, so done fires sometimes
+    params = DreamParams(rnn=rnn, initial_mu=jax.random.normal(jax.random.key(1), (5, 4)),
+                         initial_logvar=jnp.full((5, 4), -2.0), temperature=jnp.asarray(1.15),
+                         reward_values=jnp.array([-0.1, 3.0]), constant_reward=jnp.asarray(1.0),
+                         max_steps=40)
+    return module, DreamEnv(module), params
+
+
+def linear_policy(p, obs):
+    return carracing_squash(controller_output(p, controller_features(obs, "zh")))
+
+
+@pytest.mark.parametrize("reward_head", ["binary", "regression", "none"])
+def test_scanned_dream_equals_python_loop(reward_head):
+    module, env, params = make_dream(reward_head)
+    policy_params = {"w": jax.random.normal(jax.random.key(2), (4 + module.hidden, 3)), "b": jnp.zeros(3)}
+    for seed in range(3):
+        key = jax.random.key(seed)
+        total, length = jax.jit(dream_rollout, static_argnums=(0, 2, 5))(
+            env, params, linear_policy, policy_params, key, 50)
+        total_py, length_py = dream_rollout_python(env, params, linear_policy, policy_params, key, 50)
+        np.testing.assert_allclose(total, total_py, rtol=1e-5, atol=1e-5)
+        assert int(length) == int(length_py) and 1 <= int(length) <= 40
+
+
+def test_dream_batches_with_vmap_and_freezes_finished_episodes():
+    module, env, params = make_dream()
+    policy_params = {"w": jnp.zeros((4 + module.hidden, 3)), "b": jnp.zeros(3)}
+    keys = jax.random.split(jax.random.key(0), 16)
+    totals, lengths = jax.jit(jax.vmap(lambda k: dream_rollout(env, params, linear_policy, policy_params,
+                                                               k, 60)))(keys)
+    assert totals.shape == (16,) and (lengths <= 40).all()  # capped by max_steps, not the scan
+    assert np.isfinite(totals).all()

@@ -1,0 +1,135 @@
+"""The dream: M as a pure-JAX environment (gymnax style).
+
+State and parameters are explicit pytrees; `reset(key, params)` and `step(key, state,
+action, params)` are pure, so a population of controllers × rollouts is one `vmap` over a
+`lax.scan`, compiled once. A step feeds [z, a (, r_prev)] to M's LSTM, samples the next z
+from the mixture at temperature tau, and takes reward and done from M's heads:
+
+- reward: with a binary head, the expected reward p·r_pos + (1 − p)·r_neg, where r_pos and
+  r_neg are the mean positive and non-positive rewards of the training series; with a
+  regression head, the predicted reward; without a head, `constant_reward` per step (Doom:
+  reward = steps survived).
+- done: P(done) > 0.5 (the paper), or t reaching `max_steps`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from worldmodels.models.mdnrnn import MDNRNN, LSTMState, sample_mdn
+
+
+@flax.struct.dataclass
+class DreamState:
+    z: jax.Array  # (Z,)
+    lstm: LSTMState  # h, c: (H,)
+    prev_reward: jax.Array  # ()
+    t: jax.Array  # () int32
+    done: jax.Array  # () bool
+
+
+@flax.struct.dataclass
+class DreamParams:
+    rnn: Any  # M's parameters
+    initial_mu: jax.Array  # (N, Z): first frames of the recorded episodes
+    initial_logvar: jax.Array  # (N, Z)
+    temperature: jax.Array  # () tau
+    reward_values: jax.Array  # (2,) [r_neg, r_pos] for a binary reward head
+    constant_reward: jax.Array  # () reward per step when M has no reward head
+    max_steps: int = flax.struct.field(pytree_node=False, default=1000)
+
+
+class DreamEnv:
+    """Pure functions over (DreamState, DreamParams) for one trained M."""
+
+    def __init__(self, module: MDNRNN):
+        self.module = module
+
+    def observation(self, state: DreamState) -> dict[str, jax.Array]:
+        """What the controller sees: z, and M's hidden and cell state."""
+        return {"z": state.z, "h": state.lstm.h, "c": state.lstm.c}
+
+    def reset(self, key: jax.Array, params: DreamParams):
+        k_pick, k_z = jax.random.split(key)
+        i = jax.random.randint(k_pick, (), 0, params.initial_mu.shape[0])
+        mu, logvar = params.initial_mu[i], params.initial_logvar[i]
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mu.shape)
+        state = DreamState(z=z, lstm=self.module.initial_state(), prev_reward=jnp.zeros(()),
+                           t=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool))
+        return self.observation(state), state
+
+    def step(self, key: jax.Array, state: DreamState, action: jax.Array, params: DreamParams):
+        """-> (obs, state, reward, done, info). After done the state stays frozen."""
+        module = self.module
+        x = module.inputs(state.z, action, state.prev_reward)
+        lstm, out = module.apply({"params": params.rnn}, state.lstm, x, method=MDNRNN.step)
+        z = sample_mdn(key, out, params.temperature)
+        if module.reward_head == "binary":
+            p = jax.nn.sigmoid(out.reward)
+            reward = p * params.reward_values[1] + (1.0 - p) * params.reward_values[0]
+        elif module.reward_head == "regression":
+            reward = out.reward
+        else:
+            reward = params.constant_reward
+        t = state.t + 1
+        done = (jax.nn.sigmoid(out.done) > 0.5) | (t >= params.max_steps)
+        new = DreamState(z=z, lstm=lstm, prev_reward=reward, t=t, done=done)
+        # Finished episodes do not move: the scan length is static, the episode is not.
+        new = jax.tree.map(lambda a, b: jnp.where(state.done, a, b), state, new)
+        reward = jnp.where(state.done, 0.0, reward)
+        return self.observation(new), new, reward, new.done, {"p_done": jax.nn.sigmoid(out.done)}
+
+
+def dream_rollout(env: DreamEnv, params: DreamParams, policy, policy_params, key: jax.Array,
+                  steps: int) -> tuple[jax.Array, jax.Array]:
+    """One dreamed episode of at most `steps` steps under `policy(policy_params, obs) -> a`.
+    Returns (total reward, length). Vmap it over keys and policy parameters."""
+    k_reset, k_steps = jax.random.split(key)
+    obs, state = env.reset(k_reset, params)
+
+    def body(carry, k):
+        obs, state, total = carry
+        action = policy(policy_params, obs)
+        obs, state, reward, _, _ = env.step(k, state, action, params)
+        return (obs, state, total + reward), None
+
+    (_, state, total), _ = jax.lax.scan(body, (obs, state, jnp.zeros(())), jax.random.split(k_steps, steps))
+    return total, state.t
+
+
+def dream_rollout_python(env: DreamEnv, params: DreamParams, policy, policy_params, key: jax.Array,
+                         steps: int) -> tuple[jax.Array, jax.Array]:
+    """The same episode as `dream_rollout`, stepped in a Python loop (the reference)."""
+    k_reset, k_steps = jax.random.split(key)
+    obs, state = env.reset(k_reset, params)
+    total = jnp.zeros(())
+    for k in jax.random.split(k_steps, steps):
+        action = policy(policy_params, obs)
+        obs, state, reward, _, _ = env.step(k, state, action, params)
+        total = total + reward
+    return total, state.t
+
+
+def dream_with_actions(module: MDNRNN, rnn_params, z0: jax.Array, actions: jax.Array, key: jax.Array,
+                       temperature: float, rewards: jax.Array | None = None) -> jax.Array:
+    """Open-loop dream: start at z0 (Z,), apply recorded actions (T, A) and return the dreamed
+    latents (T, Z), the first being z0. With M's previous-reward input, the recorded rewards
+    are fed, so the dream follows the real episode's conditions as closely as M allows."""
+    rewards = jnp.zeros(actions.shape[0]) if rewards is None else rewards
+    prev_rewards = jnp.concatenate([jnp.zeros(1), rewards[:-1]])
+
+    def body(carry, inputs):
+        z, lstm = carry
+        action, prev_reward, k = inputs
+        lstm, out = module.apply({"params": rnn_params}, lstm, module.inputs(z, action, prev_reward),
+                                 method=MDNRNN.step)
+        z_next = sample_mdn(k, out, temperature)
+        return (z_next, lstm), z
+
+    keys = jax.random.split(key, actions.shape[0])
+    _, zs = jax.lax.scan(body, (z0, module.initial_state()), (actions, prev_rewards, keys))
+    return zs

@@ -1,0 +1,122 @@
+"""M: the MDN-RNN. An LSTM reads [z_t, a_t (, r_{t-1})] and a linear head gives, for every
+latent dimension, a mixture of K Gaussians over z_{t+1}, plus optional reward and done logits.
+
+The LSTM is written out (one input matmul for the whole sequence, then `lax.scan` over
+h @ W_h), so the same parameters serve the sequence model used in training and the single
+`step` used by the dream and the controller.
+Shapes: B batch, T time, Z latent, A action, H hidden, K mixtures.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class LSTMState(NamedTuple):
+    h: jax.Array  # (..., H)
+    c: jax.Array  # (..., H)
+
+
+class MDNOutput(NamedTuple):
+    logit_pi: jax.Array  # (..., K, Z)
+    mu: jax.Array  # (..., K, Z)
+    log_sigma: jax.Array  # (..., K, Z), within [min_log_sigma, max_log_sigma]
+    reward: jax.Array  # (...,) logit (binary) or value (regression); zeros without a head
+    done: jax.Array  # (...,) logit; very negative without a head
+
+
+def lstm_cell(w_x, w_h, b, state: LSTMState, x_proj: jax.Array) -> LSTMState:
+    """One LSTM step given the input already projected (x @ W_x): gates i, f, g, o."""
+    gates = x_proj + state.h @ w_h + b
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return LSTMState(h, c)
+
+
+class MDNRNN(nn.Module):
+    latent_dim: int
+    action_dim: int
+    hidden: int = 256
+    mixtures: int = 5
+    prev_reward_input: bool = False
+    reward_head: str = "binary"
+    done_head: bool = True
+    min_log_sigma: float = -5.0
+    max_log_sigma: float = 2.0
+
+    @property
+    def input_dim(self) -> int:
+        return self.latent_dim + self.action_dim + int(self.prev_reward_input)
+
+    def setup(self):
+        H = self.hidden
+        self.w_x = self.param("w_x", nn.initializers.lecun_normal(), (self.input_dim, 4 * H))
+        self.w_h = self.param("w_h", nn.initializers.orthogonal(), (H, 4 * H))
+        self.b = self.param("b", nn.initializers.zeros, (4 * H,))
+        extra = int(self.reward_head != "none") + int(self.done_head)
+        self.head = nn.Dense(3 * self.mixtures * self.latent_dim + extra, name="head")
+
+    def initial_state(self, batch_shape: tuple[int, ...] = ()) -> LSTMState:
+        zeros = jnp.zeros((*batch_shape, self.hidden), jnp.float32)
+        return LSTMState(zeros, zeros)
+
+    def inputs(self, z, action, prev_reward=None):
+        """[z, a (, r_prev)] on the last axis."""
+        parts = [z, action]
+        if self.prev_reward_input:
+            parts.append(prev_reward[..., None])
+        return jnp.concatenate(parts, axis=-1)
+
+    def mdn(self, h: jax.Array) -> MDNOutput:
+        """The mixture head on hidden states h (..., H)."""
+        K, Z = self.mixtures, self.latent_dim
+        out = self.head(h)
+        logit_pi, mu, log_sigma = (out[..., i * K * Z:(i + 1) * K * Z].reshape(*h.shape[:-1], K, Z)
+                                   for i in range(3))
+        log_sigma = jnp.clip(log_sigma, self.min_log_sigma, self.max_log_sigma)
+        extra = out[..., 3 * K * Z:]
+        zeros = jnp.zeros(h.shape[:-1], out.dtype)
+        reward = extra[..., 0] if self.reward_head != "none" else zeros
+        done = extra[..., -1] if self.done_head else zeros - 30.0
+        return MDNOutput(logit_pi, mu, log_sigma, reward, done)
+
+    def __call__(self, x: jax.Array, state: LSTMState | None = None):
+        """Sequence: x (B, T, I) -> (final state, MDNOutput with (B, T, ...), hiddens (B, T, H))."""
+        if state is None:
+            state = self.initial_state(x.shape[:1])
+        x_proj = jnp.swapaxes(x @ self.w_x, 0, 1)  # (T, B, 4H): one matmul for all steps
+
+        def scan_fn(carry, xp):
+            carry = lstm_cell(self.w_x, self.w_h, self.b, carry, xp)
+            return carry, carry.h
+
+        state, hs = jax.lax.scan(scan_fn, state, x_proj)
+        hs = jnp.swapaxes(hs, 0, 1)
+        return state, self.mdn(hs), hs
+
+    def step(self, state: LSTMState, x: jax.Array):
+        """One step: x (..., I) -> (new state, MDNOutput for the next z)."""
+        state = lstm_cell(self.w_x, self.w_h, self.b, state, x @ self.w_x)
+        return state, self.mdn(state.h)
+
+
+def sample_mdn(key: jax.Array, out: MDNOutput, temperature: float | jax.Array = 1.0) -> jax.Array:
+    """Sample z (..., Z): per dimension pick a component from softmax(logit_pi / tau), then
+    draw from N(mu, sigma * sqrt(tau))."""
+    k_pi, k_eps = jax.random.split(key)
+    logits = jnp.moveaxis(out.logit_pi, -2, -1) / temperature  # (..., Z, K)
+    component = jax.random.categorical(k_pi, logits)  # (..., Z)
+    pick = lambda a: jnp.take_along_axis(jnp.moveaxis(a, -2, -1), component[..., None], axis=-1)[..., 0]
+    mu, log_sigma = pick(out.mu), pick(out.log_sigma)
+    eps = jax.random.normal(k_eps, mu.shape, mu.dtype)
+    return mu + jnp.exp(log_sigma) * jnp.sqrt(temperature) * eps
+
+
+def mixture_mean(out: MDNOutput) -> jax.Array:
+    """E[z_next] under the mixture: sum_k pi_k mu_k, (..., Z)."""
+    return jnp.sum(jax.nn.softmax(out.logit_pi, axis=-2) * out.mu, axis=-2)

@@ -1,0 +1,1 @@
+"""Train steps and loops: V (vision.py), M (mdnrnn.py), C (es.py)."""

@@ -1,0 +1,375 @@
+"""Training M on the series: sequence batches, the loss, the resumable loop, held-out checks.
+
+Sequences are windows of `seq_len` steps inside one episode. The whole series sits in memory
+(it is small: 2·Z floats per frame), and each train step gathers its windows and samples
+z ~ N(mu, sigma) inside the jitted step, so the host only draws B start indices per step.
+The last step of an episode has no next frame: its z target is masked, while its reward and
+done targets still train the heads (this is where done = 1 lives).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from worldmodels.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from worldmodels.config import Config, MDNRNNConfig
+from worldmodels.data.atomic import atomic_write_text
+from worldmodels.data.series import list_series, load_series
+from worldmodels.errors import CheckpointError, ConfigError, DataError
+from worldmodels.losses import binary_cross_entropy_with_logits, masked_mean, mdn_log_likelihood
+from worldmodels.models.mdnrnn import MDNRNN, mixture_mean
+from worldmodels.train.common import MetricsLog, TrainState, init_train_state
+
+ARCHITECTURE_FIELDS = ("hidden", "mixtures", "prev_reward_input", "reward_head", "done_head",
+                       "min_log_sigma", "max_log_sigma")
+METRIC_COLUMNS = ("step", "loss", "z_nll", "reward_loss", "done_loss", "seq_per_s", "wall_s")
+REWARD_HEADS = ("binary", "regression", "none")
+
+
+@dataclass(frozen=True)
+class SeriesData:
+    """All episodes of a series folder, concatenated (N frames in all, E episodes)."""
+
+    mu: np.ndarray  # (N, Z)
+    logvar: np.ndarray  # (N, Z)
+    action: np.ndarray  # (N, A)
+    reward: np.ndarray  # (N,)
+    done: np.ndarray  # (N,) float 0/1
+    episode_start: np.ndarray  # (N,) global index of the first frame of the frame's episode
+    episode_end: np.ndarray  # (N,) global index of its last frame
+    lengths: np.ndarray  # (E,)
+
+    @classmethod
+    def load(cls, paths: list[Path]) -> SeriesData:
+        if not paths:
+            raise DataError("no series files; run `make series` first")
+        parts = [load_series(p) for p in paths]
+        lengths = np.array([len(p["reward"]) for p in parts])
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        return cls(
+            mu=np.concatenate([p["mu"] for p in parts]).astype(np.float32),
+            logvar=np.concatenate([p["logvar"] for p in parts]).astype(np.float32),
+            action=np.concatenate([p["action"] for p in parts]).astype(np.float32),
+            reward=np.concatenate([p["reward"] for p in parts]).astype(np.float32),
+            done=np.concatenate([p["done"] for p in parts]).astype(np.float32),
+            episode_start=np.repeat(starts, lengths), episode_end=np.repeat(ends - 1, lengths),
+            lengths=lengths,
+        )
+
+    @property
+    def latent_dim(self) -> int:
+        return self.mu.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.action.shape[1]
+
+    def window_starts(self, seq_len: int) -> np.ndarray:
+        """Global indices where a window of `seq_len` steps fits inside its episode."""
+        starts = np.cumsum(self.lengths) - self.lengths
+        return np.concatenate([s + np.arange(n - seq_len + 1) for s, n in zip(starts, self.lengths,
+                                                                               strict=True)
+                               if n >= seq_len] or [np.zeros(0, np.int64)])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("mu", "logvar", "action", "reward", "done",
+                                               "episode_start", "episode_end")}
+
+
+def make_module(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> MDNRNN:
+    if cfg.reward_head not in REWARD_HEADS:
+        raise ConfigError(f"unknown mdnrnn.reward_head '{cfg.reward_head}'; valid: {', '.join(REWARD_HEADS)}")
+    return MDNRNN(latent_dim=latent_dim, action_dim=action_dim, hidden=cfg.hidden, mixtures=cfg.mixtures,
+                  prev_reward_input=cfg.prev_reward_input, reward_head=cfg.reward_head,
+                  done_head=cfg.done_head, min_log_sigma=cfg.min_log_sigma, max_log_sigma=cfg.max_log_sigma)
+
+
+def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, key: jax.Array | None):
+    """Windows starting at `starts` (B,): inputs and targets (B, L, ...); z sampled from
+    N(mu, exp(logvar)) with `key`, or z = mu when key is None."""
+    idx = starts[:, None] + jnp.arange(seq_len + 1)[None]  # (B, L+1)
+    end = data["episode_end"][starts][:, None]
+    has_next = idx <= end
+    idx = jnp.minimum(idx, end)
+    mu, logvar = data["mu"][idx], data["logvar"][idx]
+    z = mu if key is None else mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape)
+    now = idx[:, :seq_len]
+    prev = jnp.where(now == data["episode_start"][now], 0.0, data["reward"][jnp.maximum(now - 1, 0)])
+    return {
+        "z": z[:, :seq_len], "z_next": z[:, 1:], "z_mask": has_next[:, 1:],
+        "action": data["action"][now], "prev_reward": prev,
+        "reward": data["reward"][now], "done": data["done"][now],
+    }
+
+
+def reward_target(cfg: MDNRNNConfig, reward: jax.Array, done: jax.Array) -> jax.Array:
+    """The book's binary reward: 1 where reward > 0 and not done; or the raw reward."""
+    if cfg.reward_head == "binary":
+        return ((reward > 0) & (done < 0.5)).astype(jnp.float32)
+    return reward
+
+
+def make_loss(module: MDNRNN, cfg: MDNRNNConfig) -> Callable:
+    def loss_fn(params, batch):
+        x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
+        _, out, _ = module.apply({"params": params}, x)
+        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
+        z_nll = -masked_mean(ll, batch["z_mask"])
+        target = reward_target(cfg, batch["reward"], batch["done"])
+        if cfg.reward_head == "binary":
+            reward_loss = binary_cross_entropy_with_logits(out.reward, target).mean()
+        elif cfg.reward_head == "regression":
+            reward_loss = jnp.square(out.reward - target).mean()
+        else:
+            reward_loss = jnp.zeros(())
+        done_loss = (binary_cross_entropy_with_logits(out.done, batch["done"]).mean()
+                     if cfg.done_head else jnp.zeros(()))
+        total = z_nll + cfg.reward_weight * reward_loss + cfg.done_weight * done_loss
+        return total, {"loss": total, "z_nll": z_nll, "reward_loss": reward_loss, "done_loss": done_loss}
+
+    return loss_fn
+
+
+def make_optimizer(cfg: MDNRNNConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+
+
+def make_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientTransformation) -> Callable:
+    """(state, data arrays, starts (B,), key) -> (state, metrics). Not jitted."""
+    loss_fn = make_loss(module, cfg)
+
+    def train_step(state: TrainState, data, starts, key):
+        batch = gather_batch(data, starts, cfg.seq_len, key)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+
+    return train_step
+
+
+def mdnrnn_meta(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> dict[str, Any]:
+    return {"mdnrnn": {f: getattr(cfg, f) for f in ARCHITECTURE_FIELDS},
+            "latent_dim": latent_dim, "action_dim": action_dim}
+
+
+def check_mdnrnn_meta(meta: dict[str, Any], cfg: MDNRNNConfig, latent_dim: int, action_dim: int, path):
+    want = mdnrnn_meta(cfg, latent_dim, action_dim)
+    for key in ("latent_dim", "action_dim"):
+        if meta.get(key) != want[key]:
+            raise CheckpointError(f"{path} was trained for {key}={meta.get(key)}, the series has "
+                                  f"{want[key]}: it belongs to another V; use another RUN=")
+    for name, value in want["mdnrnn"].items():
+        if meta.get("mdnrnn", {}).get(name) != value:
+            raise CheckpointError(f"{path} was trained with mdnrnn.{name}={meta['mdnrnn'].get(name)!r}, "
+                                  f"the config says {value!r}; use a matching config or another RUN=")
+
+
+def load_mdnrnn(folder: str | Path, cfg: MDNRNNConfig, latent_dim: int, action_dim: int):
+    """(module, params) of a trained M from an `mdnrnn/` folder."""
+    path = Path(folder) / "params.msgpack"
+    if not path.exists():
+        raise CheckpointError(f"no trained M at {path}; run `make train-rnn` first")
+    check_mdnrnn_meta(read_checkpoint_meta(path), cfg, latent_dim, action_dim, path)
+    module = make_module(cfg, latent_dim, action_dim)
+    target = jax.eval_shape(lambda k: init_params(module, k), jax.random.key(0))
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
+    params, _ = load_checkpoint(path, target)
+    return module, params
+
+
+def init_params(module: MDNRNN, key: jax.Array):
+    x = jnp.zeros((1, 1, module.input_dim), jnp.float32)
+    return module.init(key, x)["params"]
+
+
+def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesData,
+                      windows: int = 64, seed: int = 0) -> dict[str, float]:
+    """One-step prediction quality on held-out windows (z = mu, no sampling): the mixture's
+    NLL per dimension, the MSE of its mean against the next mu, the MSE of simply copying
+    the current z (a baseline a useful M must beat), and the reward/done heads' accuracy."""
+    starts_all = data.window_starts(cfg.seq_len)
+    if len(starts_all) == 0:
+        return {}
+    starts = np.random.default_rng(seed).choice(starts_all, size=min(windows, len(starts_all)),
+                                                 replace=False)
+
+    @jax.jit
+    def run(params, arrays, starts):
+        batch = gather_batch(arrays, starts, cfg.seq_len, None)
+        x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
+        _, out, _ = module.apply({"params": params}, x)
+        mask = batch["z_mask"]
+        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
+        mean_err = jnp.square(mixture_mean(out) - batch["z_next"]).mean(-1)
+        copy_err = jnp.square(batch["z"] - batch["z_next"]).mean(-1)
+        target = reward_target(cfg, batch["reward"], batch["done"])
+        result = {"heldout_z_nll": -masked_mean(ll, mask),
+                  "heldout_next_z_mse": masked_mean(mean_err, mask),
+                  "heldout_copy_z_mse": masked_mean(copy_err, mask)}
+        if cfg.reward_head == "binary":
+            result["heldout_reward_accuracy"] = jnp.mean((out.reward > 0) == (target > 0.5))
+            result["heldout_reward_positive_rate"] = jnp.mean(target)
+        elif cfg.reward_head == "regression":
+            result["heldout_reward_mse"] = jnp.mean(jnp.square(out.reward - target))
+        return result
+
+    arrays = jax.tree.map(jnp.asarray, data.arrays())
+    return {k: float(v) for k, v in run(params, arrays, jnp.asarray(starts)).items()}
+
+
+def split_series(folder: Path, holdout_fraction: float) -> tuple[list[Path], list[Path]]:
+    paths = list_series(folder)
+    if not paths:
+        raise DataError(f"no series in {folder}; run `make series` first")
+    held = min(max(1, int(round(len(paths) * holdout_fraction))) if len(paths) >= 2 else 0,
+               len(paths) - 1)
+    return paths[: len(paths) - held], paths[len(paths) - held:]
+
+
+def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
+                 progress_fn: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train M on RUN/series into RUN/mdnrnn; resumes from RUN/mdnrnn/checkpoint.msgpack."""
+    cfg = config.mdnrnn
+    run = Path(run)
+    out = run / "mdnrnn"
+    out.mkdir(parents=True, exist_ok=True)
+    train_paths, heldout_paths = split_series(run / "series", cfg.holdout_fraction)
+    data = SeriesData.load(train_paths)
+    if data.latent_dim != config.vision.latent_dim:
+        raise DataError(f"the series hold z of size {data.latent_dim} but vision.latent_dim is "
+                        f"{config.vision.latent_dim}: they come from another V; rerun `make series`")
+    starts = data.window_starts(cfg.seq_len)
+    if len(starts) == 0:
+        raise DataError(f"no episode in {run / 'series'} has {cfg.seq_len} steps (longest: "
+                        f"{data.lengths.max()}); lower --mdnrnn.seq_len or collect longer rollouts")
+    module = make_module(cfg, data.latent_dim, data.action_dim)
+    tx = make_optimizer(cfg)
+    state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(cfg.seed))
+    ckpt_path = out / "checkpoint.msgpack"
+    if ckpt_path.exists():
+        check_mdnrnn_meta(read_checkpoint_meta(ckpt_path), cfg, data.latent_dim, data.action_dim, ckpt_path)
+        state, _ = load_checkpoint(ckpt_path, state)
+    step = int(state.step)
+    log = MetricsLog(out / "metrics.csv", METRIC_COLUMNS, resume_step=step)
+    arrays = jax.tree.map(jnp.asarray, data.arrays())
+    step_fn = jax.jit(make_train_step(module, cfg, tx), donate_argnums=0)
+    key = jax.random.key(cfg.seed + 1)
+    meta = mdnrnn_meta(cfg, data.latent_dim, data.action_dim)
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, jax.device_get(state), {**meta, "step": step})
+        log.write()
+
+    bar = None
+    if progress and step < cfg.steps:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train M", dynamic_ncols=True)
+    start = window_start = time.perf_counter()
+    pending = []
+    try:
+        while step < cfg.steps:
+            # Window starts depend only on (seed, step): a resumed run sees the same batches.
+            rng = np.random.default_rng([cfg.seed, step])
+            batch_starts = jnp.asarray(rng.choice(starts, size=cfg.batch_size))
+            state, metrics = step_fn(state, arrays, batch_starts, jax.random.fold_in(key, step))
+            step += 1
+            pending.append(metrics)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+                now = time.perf_counter()
+                row = {"step": step, **means, "seq_per_s": len(pending) * cfg.batch_size / (now - window_start),
+                       "wall_s": now - start}
+                log.append(row)
+                pending, window_start = [], now
+                if not np.isfinite(means["loss"]):
+                    raise DataError(f"M's loss became {means['loss']} at step {step}; check the series")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.3f}", seq_s=f"{row['seq_per_s']:.0f}")
+                if progress_fn is not None:
+                    progress_fn(row)
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+        checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    params = jax.device_get(state.params)
+    save_checkpoint(out / "params.msgpack", params, {**meta, "step": step})
+    heldout = SeriesData.load(heldout_paths) if heldout_paths else data
+    summary = {"steps": step, "train_episodes": len(train_paths), "heldout_episodes": len(heldout_paths),
+               "train_seconds_this_run": time.perf_counter() - start,
+               **evaluate_one_step(module, cfg, params, heldout)}
+    if log.rows:
+        summary["final_train_loss"] = log.rows[-1]["loss"]
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    save_mdnrnn_pictures(out, module, cfg, params, heldout, log.rows)
+    if (run / "vision" / "params.msgpack").exists():
+        save_dream_video(run, config, module, params, heldout_paths or train_paths)
+    return summary
+
+
+def save_mdnrnn_pictures(out: Path, module: MDNRNN, cfg: MDNRNNConfig, params, heldout: SeriesData,
+                         rows) -> None:
+    """curves.png and reward.png (predicted vs actual reward along a held-out episode)."""
+    from worldmodels.viz.plots import plot_curves, plot_series
+
+    if rows:
+        plot_curves(out / "curves.png", rows, x="step",
+                    panels=[["loss", "z_nll"], ["reward_loss", "done_loss"]], title="M training")
+    if cfg.reward_head == "none":
+        return
+    e = int(np.argmax(heldout.lengths))
+    s, n = int(np.cumsum(heldout.lengths)[e] - heldout.lengths[e]), int(heldout.lengths[e])
+    arrays = {k: jnp.asarray(v) for k, v in heldout.arrays().items()}
+    batch = gather_batch(arrays, jnp.asarray([s]), n, None)
+    x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
+    _, pred, _ = jax.jit(module.apply)({"params": params}, x)
+    actual = np.asarray(reward_target(cfg, batch["reward"], batch["done"]))[0]
+    predicted = np.asarray(jax.nn.sigmoid(pred.reward) if cfg.reward_head == "binary" else pred.reward)[0]
+    label = "P(reward > 0)" if cfg.reward_head == "binary" else "reward"
+    plot_series(out / "reward.png", {f"actual {label}": actual, f"M's predicted {label}": predicted},
+                xlabel="step of a held-out episode", title="M's reward head vs the episode")
+
+
+def save_dream_video(run: Path, config: Config, module: MDNRNN, params, series_paths: list[Path],
+                     max_steps: int = 300) -> None:
+    """dream.mp4 and dream_strip.png: a recorded episode (left / top) beside M's open-loop dream
+    from its first frame under the same actions, decoded by V (right / bottom)."""
+    from worldmodels.data.episodes import load_episode
+    from worldmodels.envs.dream import dream_with_actions
+    from worldmodels.train.vision import load_vision
+    from worldmodels.viz.images import image_grid, save_png, save_video
+
+    out = run / "mdnrnn"
+    vision, vparams = load_vision(run / "vision", config.vision)
+    rollout = run / "rollouts" / series_paths[0].name
+    if not rollout.exists():
+        return
+    series = load_series(series_paths[0])
+    real = load_episode(rollout)["obs"][:max_steps]
+    steps = len(real)
+    zs = jax.jit(dream_with_actions, static_argnums=(0,))(
+        module, params, jnp.asarray(series["mu"][0]), jnp.asarray(series["action"][:steps]),
+        jax.random.key(config.mdnrnn.seed), config.mdnrnn.temperature, jnp.asarray(series["reward"][:steps]))
+    dream = np.asarray(jax.jit(vision.decode)(vparams, zs))
+    recon = np.asarray(jax.jit(vision.decode)(vparams, jnp.asarray(series["mu"][:steps])))
+    side = np.concatenate([real.astype(np.float32) / 255.0, recon, dream], axis=2)
+    save_video(out / "dream.mp4", side, fps=25, scale=3)
+    pick = np.linspace(0, steps - 1, min(10, steps)).astype(int)
+    save_png(out / "dream_strip.png", image_grid([real[pick], recon[pick], dream[pick]], scale=2,
+                                                 labels=["real", "V(real)", "dream"], label_width=52))
