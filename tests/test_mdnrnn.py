@@ -37,7 +37,8 @@ def test_likelihood_and_bce_are_finite_on_extreme_inputs():
     log_sigma = jnp.array([[-5.0], [2.0]])  # the configured bounds
     for target in (0.0, 1e6, -1e6):
         value = mdn_log_likelihood(logit_pi, mu, log_sigma, jnp.array([target]))
-        grad = jax.grad(lambda m: mdn_log_likelihood(logit_pi, m, log_sigma, jnp.array([target])).sum())(mu)
+        x = jnp.array([target])
+        grad = jax.grad(lambda m, x=x: mdn_log_likelihood(logit_pi, m, log_sigma, x).sum())(mu)
         assert np.isfinite(value).all() and np.isfinite(grad).all()
     bce = binary_cross_entropy_with_logits(jnp.array([-1e4, 1e4, 0.0]), jnp.array([1.0, 0.0, 1.0]))
     np.testing.assert_allclose(bce, [1e4, 1e4, math.log(2)], rtol=1e-6)

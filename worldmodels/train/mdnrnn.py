@@ -289,8 +289,8 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
             if step % cfg.log_every == 0 or step == cfg.steps:
                 means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
                 now = time.perf_counter()
-                row = {"step": step, **means, "seq_per_s": len(pending) * cfg.batch_size / (now - window_start),
-                       "wall_s": now - start}
+                rate = len(pending) * cfg.batch_size / (now - window_start)
+                row = {"step": step, **means, "seq_per_s": rate, "wall_s": now - start}
                 log.append(row)
                 pending, window_start = [], now
                 if not np.isfinite(means["loss"]):
