@@ -72,6 +72,7 @@ def bench_env() -> Iterator[Figure]:
     _pin_to_one_core()
     try:
         rates = env_step_rates(("CarRacing-v3", "FastCarRacing-v3"))
+        _MEASURED.update(rates)
     finally:
         _unpin(cores)
     yield "env_steps_per_s_gymnasium", rates["CarRacing-v3"], "steps/s"
@@ -107,9 +108,129 @@ def bench_rollout(episodes: int = 12, max_steps: int = 250) -> Iterator[Figure]:
     yield "rollout_scaling", rates[cpus] / rates[1], "x"
 
 
+def side_by_side(runners: dict[str, Callable[[int], float]], rounds: int = 3, per_round: int = 10
+                 ) -> dict[str, float]:
+    """Items/s of each runner, alternating rounds; `runner(n)` does n units of work and
+    returns the items it processed. Each runner is warmed up first."""
+    for run in runners.values():
+        run(1)
+    items, seconds = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0.0)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            items[name] += run(per_round)
+            seconds[name] += time.perf_counter() - start
+    return {name: items[name] / seconds[name] for name in runners}
+
+
+def jax_mdnrnn_runner(batch: int = 100, seq_len: int = 100, frames: int = 50_000) -> Callable[[int], float]:
+    """M's real train step at the paper's sizes on a synthetic in-memory series."""
+    import jax
+    import jax.numpy as jnp
+
+    from worldmodels.config import get_config
+    from worldmodels.train.common import init_train_state
+    from worldmodels.train.mdnrnn import init_params, make_module, make_optimizer, make_train_step
+
+    cfg = get_config("default", ["--mdnrnn.batch_size", str(batch), "--mdnrnn.seq_len", str(seq_len)]).mdnrnn
+    module = make_module(cfg, latent_dim=32, action_dim=3)
+    tx = make_optimizer(cfg)
+    state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    episode = 1000
+    starts_of = np.repeat(np.arange(0, frames, episode), episode)
+    data = {
+        "mu": rng.normal(size=(frames, 32)), "logvar": rng.normal(-2, 0.5, size=(frames, 32)),
+        "action": rng.uniform(-1, 1, size=(frames, 3)), "reward": (rng.random(frames) < 0.1) * 1.0,
+        "done": (rng.random(frames) < 0.002) * 1.0,
+    }
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    data["episode_start"] = jnp.asarray(starts_of, jnp.int32)
+    data["episode_end"] = jnp.asarray(starts_of + episode - 1, jnp.int32)
+    step = jax.jit(make_train_step(module, cfg, tx), donate_argnums=0)
+    valid = np.concatenate([s + np.arange(episode - seq_len + 1) for s in range(0, frames, episode)])
+    box = {"state": state, "i": 0}
+
+    def run(n: int) -> float:
+        for _ in range(n):
+            starts = jnp.asarray(np.random.default_rng(box["i"]).choice(valid, batch))
+            box["state"], metrics = step(box["state"], data, starts, jax.random.key(box["i"]))
+            box["i"] += 1
+        jax.block_until_ready(metrics["loss"])
+        return n * batch
+
+    return run
+
+
+def bench_rnn() -> Iterator[Figure]:
+    from scripts.torch_mdnrnn import torch_mdnrnn_runner
+
+    rates = side_by_side({"jax": jax_mdnrnn_runner(), "torch": torch_mdnrnn_runner()},
+                         rounds=3, per_round=8)
+    yield "rnn_train_seq_per_s_jax", rates["jax"], "seq/s"
+    yield "rnn_train_seq_per_s_torch", rates["torch"], "seq/s"
+    yield "rnn_speedup_vs_torch", rates["jax"] / rates["torch"], "x"
+
+
+_MEASURED: dict[str, float] = {}
+
+
+def gymnasium_steps_per_s() -> float:
+    """CarRacing-v3 steps/s on one core: from the env group of this run, else measured now."""
+    if "CarRacing-v3" not in _MEASURED:
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        _pin_to_one_core()
+        try:
+            _MEASURED.update(env_step_rates(("CarRacing-v3",), rounds=3, steps_per_round=200))
+        finally:
+            _unpin(cores)
+    return _MEASURED["CarRacing-v3"]
+
+
+def bench_dream(batch: int = 256, steps: int = 1000) -> Iterator[Figure]:
+    """Dreamed steps/s: `batch` episodes x `steps` steps of M (paper sizes) with a linear
+    controller on [z, h] in the loop, one jitted call."""
+    import jax
+    import jax.numpy as jnp
+
+    from worldmodels.config import get_config
+    from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout
+    from worldmodels.models.controller import carracing_squash, controller_features, controller_output
+    from worldmodels.train.mdnrnn import init_params, make_module
+
+    cfg = get_config("default").mdnrnn
+    module = make_module(cfg, latent_dim=32, action_dim=3)
+    env = DreamEnv(module)
+    params = DreamParams(rnn=init_params(module, jax.random.key(0)),
+                         initial_mu=jax.random.normal(jax.random.key(1), (100, 32)),
+                         initial_logvar=jnp.full((100, 32), -2.0), temperature=jnp.asarray(1.0),
+                         reward_values=jnp.array([-0.1, 3.0]), constant_reward=jnp.asarray(1.0),
+                         max_steps=steps)
+    policy_params = {"w": 0.1 * jax.random.normal(jax.random.key(2), (32 + 256, 3)), "b": jnp.zeros(3)}
+
+    def policy(p, obs):
+        return carracing_squash(controller_output(p, controller_features(obs, "zh")))
+
+    run = jax.jit(jax.vmap(lambda k: dream_rollout(env, params, policy, policy_params, k, steps)))
+    keys = jax.random.split(jax.random.key(3), batch)
+    jax.block_until_ready(run(keys))
+    start = time.perf_counter()
+    rounds = 3
+    for r in range(rounds):
+        totals, lengths = run(jax.random.split(jax.random.key(10 + r), batch))
+        jax.block_until_ready(totals)
+    seconds = time.perf_counter() - start
+    rate = rounds * batch * steps / seconds
+    log(f"dream: mean length {float(lengths.mean()):.0f} of {steps} (all steps are computed)")
+    yield "dream_steps_per_s", rate, "steps/s"
+    yield "dream_speedup_vs_env", rate / gymnasium_steps_per_s(), "x"
+
+
 GROUPS: dict[str, Callable[[], Iterator[Figure]]] = {
     "env": bench_env,
     "rollout": bench_rollout,
+    "rnn": bench_rnn,
+    "dream": bench_dream,
 }
 
 
