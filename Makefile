@@ -8,9 +8,14 @@ STAMP   := $(VENV)/.installed
 CONFIG  ?= quick
 RUN     ?= runs/$(CONFIG)
 ARGS    ?=
+DREAM   ?= 0
+AGENT   ?= $(RUN)
+EPISODES ?=
+SEED    ?=
+EVAL_ARGS = $(if $(EPISODES),--eval.episodes $(EPISODES)) $(if $(SEED),--eval.seed $(SEED))
 STAGE   = $(PY) -m pipeline
 
-.PHONY: all rollouts train-vae series train-rnn test bench lint clean-venv
+.PHONY: all rollouts train-vae series train-rnn train-controller evaluate report test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +29,9 @@ all: $(STAMP)
 	$(MAKE) --no-print-directory train-vae
 	$(MAKE) --no-print-directory series
 	$(MAKE) --no-print-directory train-rnn
+	$(MAKE) --no-print-directory train-controller
+	$(MAKE) --no-print-directory evaluate
+	$(MAKE) --no-print-directory report
 
 rollouts: $(STAMP)
 	$(STAGE).rollouts --config $(CONFIG) --run $(RUN) $(ARGS)
@@ -36,6 +44,15 @@ series: $(STAMP)
 
 train-rnn: $(STAMP)
 	$(STAGE).train_rnn --config $(CONFIG) --run $(RUN) $(ARGS)
+
+train-controller: $(STAMP)
+	$(STAGE).train_controller --config $(CONFIG) --run $(RUN) --controller.dream $(DREAM) $(ARGS)
+
+evaluate: $(STAMP)
+	$(STAGE).evaluate --config $(CONFIG) --run $(RUN) --agent $(AGENT) $(EVAL_ARGS) $(ARGS)
+
+report: $(STAMP)
+	$(STAGE).report --config $(CONFIG) --run $(RUN)
 
 test: $(STAMP)
 	$(PY) -m ruff check worldmodels pipeline scripts tests

@@ -27,22 +27,44 @@ def parse_stage_args(description: str, argv: Sequence[str] | None = None,
     return config, args
 
 
-def main_wrapper(main: Callable[[Sequence[str] | None], None]) -> Callable[[], None]:
-    """Run `main`, printing a `WorldModelsError` as one line and exiting with status 2."""
+def main_wrapper(main: Callable[[Sequence[str] | None], str | None], stage: str) -> Callable[[], None]:
+    """Run `main`, printing a `WorldModelsError` as one line and exiting with status 2.
+    `main` returns the run directory; the stage's wall time is added to RUN/timings.json."""
 
     def run() -> None:
         start = time.perf_counter()
         try:
-            main(None)
+            run_dir = main(None)
         except WorldModelsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted: finished outputs are kept; rerun to continue", file=sys.stderr)
             sys.exit(130)
-        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        seconds = time.perf_counter() - start
+        if run_dir is not None:
+            record_timing(run_dir, stage, seconds)
+        print(f"{stage} done in {seconds:.1f} s", file=sys.stderr)
 
     return run
+
+
+def record_timing(run_dir: str, stage: str, seconds: float) -> None:
+    """Append one stage run to RUN/timings.json: {stage: [{seconds, finished}, ...]}."""
+    import json
+    from pathlib import Path
+
+    from worldmodels.data.atomic import atomic_write_text
+
+    path = Path(run_dir) / "timings.json"
+    try:
+        timings = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        timings = {}
+    timings.setdefault(stage, []).append({"seconds": round(seconds, 2),
+                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if Path(run_dir).is_dir():
+        atomic_write_text(path, json.dumps(timings, indent=2))
 
 
 def configure_host_devices(devices: int) -> None:

@@ -9,7 +9,7 @@ from pipeline._cli import configure_host_devices, main_wrapper, parse_stage_args
 from worldmodels.run_dir import prepare_stage_dir
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> str:
     config, args = parse_stage_args(__doc__, argv)
     configure_host_devices(config.vision.devices)
     from worldmodels.data.series import encode_rollouts, vision_fingerprint
@@ -23,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              batch_size=config.series.batch_size, frame_size=config.env.frame_size,
                              devices=config.vision.devices)
     print(f"series: {counts['encoded']} encoded, {counts['skipped']} already there -> {folder}")
+    return args.run
 
 
 if __name__ == "__main__":
-    main_wrapper(main)()
+    main_wrapper(main, "series")()

@@ -11,7 +11,7 @@ from worldmodels.run_dir import prepare_stage_dir
 FREE_FIELDS = ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "mdnrnn.temperature")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> str:
     config, args = parse_stage_args(__doc__, argv)
     from worldmodels.train.mdnrnn import train_mdnrnn
 
@@ -19,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = train_mdnrnn(config, args.run)
     print("train-rnn: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                       for k, v in summary.items()}))
+    return args.run
 
 
 if __name__ == "__main__":
-    main_wrapper(main)()
+    main_wrapper(main, "train-rnn")()

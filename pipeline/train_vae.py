@@ -12,7 +12,7 @@ FREE_FIELDS = ("vision.epochs", "vision.max_steps", "vision.devices", "vision.la
                "vision.chunk_frames", "vision.checkpoint_every", "vision.log_every")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> str:
     config, args = parse_stage_args(__doc__, argv)
     configure_host_devices(config.vision.devices)
     from worldmodels.train.vision import train_vision
@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = train_vision(config, args.run)
     print("train-vae: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                       for k, v in summary.items()}))
+    return args.run
 
 
 if __name__ == "__main__":
-    main_wrapper(main)()
+    main_wrapper(main, "train-vae")()

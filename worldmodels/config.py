@@ -132,6 +132,50 @@ class MDNRNNConfig:
 
 
 @dataclass(frozen=True)
+class ControllerConfig:
+    """Stage 5: C, evolved with CMA-ES in the real environment or in M's dream."""
+
+    features: str = "zh"
+    """What C sees: 'zh' = [z, h] (CarRacing), 'zch' = [z, c, h] (Doom), 'z' = V only."""
+    hidden: int = 0
+    """0: linear a = W x + b (the paper's 867 parameters); > 0: one tanh hidden layer."""
+    dream: bool = False
+    """Evolve C inside M's dream instead of the real environment (`DREAM=1`)."""
+    population: int = 64
+    rollouts: int = 16
+    """Episodes per candidate; fitness = their mean return (every candidate sees the same
+    track seeds in a generation)."""
+    sigma0: float = 0.1
+    generations: int = 100
+    max_steps: int = 1000
+    """Episode cap in the real environment."""
+    dream_max_steps: int = 1000
+    """Episode cap in the dream."""
+    temperature: float = 1.0
+    """tau of the dream (M's sampling temperature while training C there)."""
+    eval_every: int = 5
+    """Generations between real-environment evaluations of the best candidate."""
+    eval_episodes: int = 8
+    workers: int = 0
+    """Ray tasks in flight for real-env episodes; 0 = every CPU Ray offers."""
+    episode_timeout: float = 900.0
+    """Seconds a worker's batch of episodes may take before it is cancelled and rerun."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`make evaluate`: scoring an agent in gymnasium's own environment."""
+
+    episodes: int = 100
+    seed: int = 0
+    """Episode i runs on env seed `seed + i`."""
+    max_steps: int = 1000
+    videos: bool = True
+    """Record the best and the worst episode (replayed; the agent is deterministic)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one run needs, stage by stage."""
 
@@ -141,6 +185,8 @@ class Config:
     vision: VisionConfig = field(default_factory=VisionConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -166,12 +212,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "series": {"batch_size": 32},
         "mdnrnn": {"hidden": 16, "mixtures": 2, "seq_len": 20, "batch_size": 8, "steps": 12,
                    "checkpoint_every": 5, "log_every": 2, "holdout_fraction": 0.25},
+        "controller": {"population": 6, "rollouts": 2, "generations": 2, "max_steps": 40,
+                       "dream_max_steps": 40, "eval_every": 1, "eval_episodes": 2, "workers": 2},
+        "eval": {"episodes": 2, "max_steps": 40},
     },
     # The whole pipeline in minutes on a laptop-class CPU.
     "quick": {
         "rollouts": {"episodes": 100, "max_steps": 300},
         "vision": {"epochs": 1},
         "mdnrnn": {"seq_len": 100, "steps": 1500},
+        "controller": {"population": 16, "rollouts": 2, "generations": 10, "max_steps": 300,
+                       "eval_every": 5, "eval_episodes": 4},
+        "eval": {"episodes": 8, "max_steps": 1000},
     },
     # Hours on a 2-core machine.
     "default": {

@@ -34,3 +34,10 @@ def preprocess_frame(obs: np.ndarray, size: int = 64) -> np.ndarray:
         raise ValueError(f"expected a (96, 96, 3) uint8 CarRacing frame, got {obs.shape} {obs.dtype}")
     image = Image.fromarray(obs[:CROP_ROWS])
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def squash_action(y):
+    """Controller output (..., 3) -> CarRacing action: steer in [-1, 1], gas/brake in [0, 1]."""
+    from worldmodels.models.controller import carracing_squash
+
+    return carracing_squash(y)

@@ -46,13 +46,13 @@ class MetricsLog:
     """Rows of training metrics, rewritten atomically to CSV with each checkpoint, so the
     file always matches the checkpoint (a resumed run drops rows past its step)."""
 
-    def __init__(self, path: Path, columns: Sequence[str], resume_step: int):
+    def __init__(self, path: Path, columns: Sequence[str], resume_step: int, key: str = "step"):
         self.path, self.columns = Path(path), tuple(columns)
         self.rows: list[dict[str, float]] = []
         if self.path.exists():
             from worldmodels.viz.plots import read_csv
 
-            self.rows = [r for r in read_csv(self.path) if r.get("step", 0) <= resume_step]
+            self.rows = [r for r in read_csv(self.path) if r.get(key, 0) <= resume_step]
 
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)

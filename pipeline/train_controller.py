@@ -1,0 +1,27 @@
+"""`make train-controller` (DREAM=1 for the dream): evolve C with CMA-ES into RUN/controller."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from pipeline._cli import main_wrapper, parse_stage_args
+from worldmodels.run_dir import prepare_stage_dir
+
+FREE_FIELDS = ("controller.generations", "controller.eval_every", "controller.eval_episodes",
+               "controller.workers", "controller.episode_timeout")
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    config, args = parse_stage_args(__doc__, argv)
+    from worldmodels.train.es import train_controller
+
+    prepare_stage_dir(args.run, "controller", config, sections=("controller",), free_fields=FREE_FIELDS)
+    summary = train_controller(config, args.run)
+    print("train-controller: " + json.dumps({k: round(v, 2) if isinstance(v, float) else v
+                                             for k, v in summary.items()}))
+    return args.run
+
+
+if __name__ == "__main__":
+    main_wrapper(main, "train-controller")()

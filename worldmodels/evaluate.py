@@ -1,0 +1,105 @@
+"""Scoring an agent in gymnasium's own environment (never the fast copy), in parallel.
+
+Episode i runs on env seed `seed + i`; the agent is deterministic (z = mu), so the best and
+the worst episode are replayed afterwards to record their videos.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldmodels.config import EvalConfig
+from worldmodels.data.atomic import atomic_write_text
+from worldmodels.errors import ConfigError
+
+
+def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers: int = 0,
+                   progress: bool = True) -> dict[str, Any]:
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.parallel import init_ray
+    from worldmodels.rollout.agent import load_agent_config, load_controller, load_world_model
+    from worldmodels.rollout.parallel import ParallelEpisodes
+
+    if cfg.episodes < 1:
+        raise ConfigError("eval.episodes must be >= 1")
+    agent, out = Path(agent), Path(out)
+    config = load_agent_config(agent)
+    init_ray(num_cpus=workers or None)
+    world = load_world_model(agent, config)
+    controller = load_controller(agent, world)
+    flat, _ = ravel_pytree(controller)
+    out.mkdir(parents=True, exist_ok=True)
+    env_id = config.env.eval_id
+    seeds = cfg.seed + np.arange(cfg.episodes)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.episodes, unit="ep", desc=f"evaluate on {env_id}", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        episodes = ParallelEpisodes(world, workers=workers, max_task_episodes=8)
+        result = episodes.run(np.repeat(np.asarray(flat)[None], cfg.episodes, axis=0), seeds, env_id,
+                              cfg.max_steps, on_task_done=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    returns, steps = result["returns"], result["steps"]
+    summary = {
+        "agent": str(agent), "env_id": env_id, "episodes": int(cfg.episodes), "seed": int(cfg.seed),
+        "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
+        "max": float(returns.max()), "median": float(np.median(returns)),
+        "solved_threshold": 900.0, "solved": bool(returns.mean() >= 900.0 and cfg.episodes >= 100),
+        "seconds": time.perf_counter() - start, "env_steps_per_s": float(result["env_steps_per_s"]),
+    }
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["episode", "seed", "return", "steps"])
+    for i, (s, r, n) in enumerate(zip(seeds, returns, steps, strict=True)):
+        writer.writerow([i, int(s), f"{r:.3f}", int(n)])
+    atomic_write_text(out / "scores.csv", buffer.getvalue())
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    save_histogram(out / "histogram.png", returns, f"{agent.name}: {summary['mean']:.1f} ± "
+                   f"{summary['std']:.1f} over {cfg.episodes} episodes of {env_id}")
+    if cfg.videos:
+        from worldmodels.rollout.agent import make_agent_step, run_episodes
+        from worldmodels.viz.images import save_video
+
+        step = make_agent_step(world)
+        for name, i in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):
+            replay = run_episodes(world, step, [controller], [int(seeds[i])], env_id, cfg.max_steps,
+                                  record=True)
+            save_video(out / f"{name}.mp4", replay["frames"][0], fps=50, scale=4)
+            summary[f"{name}_episode"] = {"seed": int(seeds[i]), "return": float(returns[i]),
+                                          "replayed_return": float(replay["returns"][0])}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def save_histogram(path: Path, returns: np.ndarray, title: str) -> None:
+    from worldmodels.viz.plots import _figure
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.hist(returns, bins=min(30, max(5, len(returns) // 3)), color="tab:blue", alpha=0.8)
+    ax.axvline(returns.mean(), color="k", ls="--", label=f"mean {returns.mean():.1f}")
+    ax.axvline(900, color="tab:green", ls=":", label="solved (900)")
+    ax.set_xlabel("episode return")
+    ax.set_ylabel("episodes")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    from worldmodels.data.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,186 @@
+"""The World Models agent acting in a real environment: V + M + C, batched over many envs.
+
+One jitted call per time step acts for every environment a worker runs (each env may have
+its own controller parameters): frames -> V.encode (z = mu) -> a = C([z, h]) -> M's LSTM
+consumes [z, a] -> next h. Agents load from a run directory or a shipped agent directory;
+both hold config.json, vision/params.msgpack, mdnrnn/params.msgpack and
+controller/best.msgpack.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldmodels.checkpoint import load_checkpoint
+from worldmodels.config import Config
+from worldmodels.envs import get_env_module
+from worldmodels.errors import CheckpointError, ConfigError
+from worldmodels.models.controller import (
+    controller_features,
+    controller_output,
+    feature_dim,
+    init_controller,
+)
+
+
+@dataclass(frozen=True)
+class WorldModel:
+    """V and M with their parameters, and how C is shaped for them."""
+
+    config: Config
+    vision: Any  # VisionModel
+    vision_params: Any
+    module: Any  # MDNRNN
+    rnn_params: Any
+
+    @property
+    def action_dim(self) -> int:
+        return self.module.action_dim
+
+    def payload(self) -> dict[str, Any]:
+        """Plain numpy + JSON: what Ray ships to workers on any node (no shared disk needed)."""
+        return {"config": self.config.to_json(), "vision": jax.device_get(self.vision_params),
+                "rnn": jax.device_get(self.rnn_params)}
+
+    def controller_template(self) -> dict[str, jax.Array]:
+        cfg = self.config.controller
+        n_in = feature_dim(cfg.features, self.module.latent_dim, self.module.hidden)
+        return init_controller(jax.random.key(0), n_in, self.action_dim, cfg.hidden)
+
+
+def load_world_model(folder: str | Path, config: Config | None = None) -> WorldModel:
+    """V and M from a run or agent directory (config from its config.json unless given)."""
+    from worldmodels.train.mdnrnn import load_mdnrnn
+    from worldmodels.train.vision import load_vision
+
+    folder = Path(folder)
+    if config is None:
+        config = load_agent_config(folder)
+    vision, vparams = load_vision(folder / "vision", config.vision)
+    module, rnn_params = load_mdnrnn(folder / "mdnrnn", config.mdnrnn, vision.latent_dim,
+                                     get_env_module(config.env.name).ACTION_DIM)
+    return WorldModel(config, vision, vparams, module, rnn_params)
+
+
+def load_agent_config(folder: str | Path) -> Config:
+    """The config an agent was trained with: config.json at the top, else the controller's."""
+    folder = Path(folder)
+    for candidate in (folder / "config.json", folder / "controller" / "config.json"):
+        if candidate.exists():
+            return Config.from_dict(json.loads(candidate.read_text()))
+    raise ConfigError(f"{folder} is not an agent: it has no config.json (expected a run dir after "
+                      "`make train-controller`, or a shipped agent such as agents/carracing)")
+
+
+def load_controller(folder: str | Path, world: WorldModel, name: str = "best.msgpack"):
+    path = Path(folder) / "controller" / name
+    if not path.exists():
+        raise CheckpointError(f"no controller at {path}; run `make train-controller` first")
+    params, _ = load_checkpoint(path, world.controller_template())
+    return params
+
+
+def make_agent_step(world: WorldModel):
+    """Jitted (ctrl params batched (n, ...), frames uint8 (n, S, S, 3), lstm (h, c) (n, H))
+    -> (actions (n, A), new lstm). V and M parameters are closed-over constants."""
+    from worldmodels.models.mdnrnn import MDNRNN, LSTMState
+
+    squash = get_env_module(world.config.env.name).squash_action
+    features = world.config.controller.features
+    vision, module = world.vision, world.module
+    vparams, rnn_params = world.vision_params, world.rnn_params
+
+    def act(ctrl, frames, h, c):
+        z, _ = vision.encode(vparams, frames.astype(jnp.float32) / 255.0)
+        obs = {"z": z, "h": h, "c": c}
+        y = jax.vmap(controller_output)(ctrl, controller_features(obs, features))
+        action = squash(y)
+        prev_reward = jnp.zeros(z.shape[:1])
+        lstm = module.apply({"params": rnn_params}, LSTMState(h, c), module.inputs(z, action, prev_reward),
+                            method=MDNRNN.step)[0]
+        return action, lstm.h, lstm.c
+
+    return jax.jit(act)
+
+
+def world_from_payload(payload: dict[str, Any]) -> WorldModel:
+    from worldmodels.models.vision import get_vision_model
+    from worldmodels.train.mdnrnn import make_module
+
+    config = Config.from_dict(json.loads(payload["config"]))
+    vision = get_vision_model(config.vision)
+    module = make_module(config.mdnrnn, vision.latent_dim, get_env_module(config.env.name).ACTION_DIM)
+    return WorldModel(config, vision, payload["vision"], module, payload["rnn"])
+
+
+_WORKER_CACHE: dict[str, tuple[WorldModel, Any]] = {}
+
+
+def _cached_world(world_id: str, payload: dict[str, Any]) -> tuple[WorldModel, Any]:
+    # Per-process cache: a Ray worker builds V and M and compiles the step once per world
+    # model, then reuses them for every batch of episodes it is given.
+    if world_id not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()
+        world = world_from_payload(payload)
+        _WORKER_CACHE[world_id] = (world, make_agent_step(world))
+    return _WORKER_CACHE[world_id]
+
+
+def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[int], env_id: str,
+                 max_steps: int, record: bool = False) -> dict[str, np.ndarray]:
+    """Run len(seeds) episodes at once, episode i with controller i, one batched agent call
+    per time step. Returns returns (n,), steps (n,), env steps/s, and frames if `record`."""
+    module = get_env_module(world.config.env.name)
+    size = world.config.env.frame_size
+    n = len(seeds)
+    ctrl = jax.tree.map(lambda *a: jnp.stack(a), *controllers)
+    envs = [module.make_env(env_id) for _ in range(n)]
+    try:
+        obs = [env.reset(seed=int(s))[0] for env, s in zip(envs, seeds, strict=True)]
+        frames = np.stack([module.preprocess_frame(o, size) for o in obs])
+        h = c = jnp.zeros((n, world.module.hidden), jnp.float32)
+        returns, steps = np.zeros(n), np.zeros(n, np.int64)
+        alive = np.ones(n, bool)
+        recorded = [[o] for o in obs] if record else None
+        start = time.perf_counter()
+        for _ in range(max_steps):
+            actions, h, c = step(ctrl, frames, h, c)
+            actions = np.asarray(actions, np.float64)
+            for i in np.flatnonzero(alive):
+                o, r, terminated, truncated, _ = envs[i].step(actions[i].astype(np.float32))
+                returns[i] += r
+                steps[i] += 1
+                frames[i] = module.preprocess_frame(o, size)
+                if record:
+                    recorded[i].append(o)
+                if terminated or truncated:
+                    alive[i] = False
+            if not alive.any():
+                break
+        seconds = time.perf_counter() - start
+    finally:
+        for env in envs:
+            env.close()
+    out = {"returns": returns, "steps": steps, "env_steps_per_s": steps.sum() / max(seconds, 1e-9)}
+    if record:
+        out["frames"] = [np.stack(r) for r in recorded]
+    return out
+
+
+def episodes_task(world_id: str, payload: dict[str, Any], flat_controllers: np.ndarray,
+                  seeds: list[int], env_id: str, max_steps: int) -> dict[str, np.ndarray]:
+    """A Ray task body: episodes for flat controller vectors (n, D) on `seeds`."""
+    from jax.flatten_util import ravel_pytree
+
+    world, step = _cached_world(world_id, payload)
+    _, unravel = ravel_pytree(world.controller_template())
+    controllers = [unravel(jnp.asarray(v, jnp.float32)) for v in flat_controllers]
+    return run_episodes(world, step, controllers, seeds, env_id, max_steps)

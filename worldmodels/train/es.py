@@ -1,0 +1,245 @@
+"""Training C with CMA-ES (pycma), in the real environment (Ray) or in M's dream (one jit).
+
+Each generation: `ask` a population, score every candidate by its mean return over
+`rollouts` episodes (every candidate sees the same env seeds / dream keys that generation),
+`tell` pycma the negated scores (it minimises). Every `eval_every` generations the
+generation's best candidate and the search mean are scored in the real environment on fixed
+seeds; the best of those is `controller/best.msgpack`, the agent `make evaluate` scores.
+pycma's state (its own pickle, the one pickled file of the project) and the best parameters
+are saved every generation, so a killed run resumes the same search.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldmodels.checkpoint import load_checkpoint, save_checkpoint
+from worldmodels.config import Config
+from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
+from worldmodels.envs import get_env_module
+from worldmodels.errors import ConfigError, DataError
+from worldmodels.models.controller import controller_features, controller_output
+from worldmodels.rollout.agent import WorldModel, load_world_model
+from worldmodels.train.common import MetricsLog
+
+COLUMNS = ("generation", "mean", "best", "worst", "sigma", "steps_per_s", "seconds", "real_best",
+           "real_mean_candidate", "real_score_kept")
+TRAIN_SEED_BASE = 1_000_000  # real-env seeds used while training (evaluation uses SEED=...)
+EVAL_SEED_BASE = 2_000_000  # fixed seeds of the periodic real-env checks
+
+
+class SeededNormal:
+    """pycma's `randn` option with its own generator: the search's samples depend only on
+    the seed, and the generator is pickled with pycma's state, so a resume continues it."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape)
+
+
+def make_cma(dim: int, population: int, sigma0: float, seed: int):
+    import cma
+
+    if population < 2:
+        raise ConfigError(f"controller.population={population}: CMA-ES needs at least 2 candidates")
+    try:
+        return cma.CMAEvolutionStrategy(np.zeros(dim), sigma0, {
+            "popsize": population, "seed": seed + 1, "randn": SeededNormal(seed), "verbose": -9,
+            "CMA_diagonal": False, "tolfun": 0, "tolx": 0, "tolstagnation": 10**9, "tolflatfitness": 10**9,
+        })
+    except Exception as exc:  # pycma validates its options
+        raise ConfigError(f"pycma refused the search settings: {exc}") from None
+
+
+def dream_reward_values(series_folder: Path) -> np.ndarray:
+    """[r_neg, r_pos]: mean non-positive and mean positive reward of the recorded series."""
+    from worldmodels.data.series import list_series, load_series
+
+    rewards = [load_series(p) for p in list_series(series_folder)]
+    r = np.concatenate([s["reward"][~s["done"]] for s in rewards]) if rewards else np.zeros(1)
+    neg, pos = r[r <= 0], r[r > 0]
+    return np.array([neg.mean() if len(neg) else 0.0, pos.mean() if len(pos) else 1.0], np.float32)
+
+
+class DreamScorer:
+    """Scores a whole population in M's dream with one jitted vmap-over-vmap-over-scan call."""
+
+    def __init__(self, world: WorldModel, config: Config, series_folder: Path):
+        from jax.flatten_util import ravel_pytree
+
+        from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout
+
+        cfg = config.controller
+        initial = series_folder / "initial_z.npz"
+        if not initial.exists():
+            raise DataError(f"{initial} is missing; run `make series` first")
+        with np.load(initial) as data:
+            mu, logvar = data["mu"], data["logvar"]
+        env = DreamEnv(world.module)
+        self.params = DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(mu),
+                                  initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(cfg.temperature),
+                                  reward_values=jnp.asarray(dream_reward_values(series_folder)),
+                                  constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps)
+        _, unravel = ravel_pytree(world.controller_template())
+        squash = get_env_module(config.env.name).squash_action
+        features = cfg.features
+
+        def policy(flat, obs):
+            return squash(controller_output(unravel(flat), controller_features(obs, features)))
+
+        def score(flat_population, keys, params):
+            one = lambda flat, key: dream_rollout(env, params, policy, flat, key, cfg.dream_max_steps)
+            per_candidate = jax.vmap(lambda flat: jax.vmap(lambda k: one(flat, k))(keys))
+            return per_candidate(flat_population)
+
+        self.score = jax.jit(score)
+        self.rollouts, self.seed = cfg.rollouts, cfg.seed
+
+    def __call__(self, solutions: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        keys = jax.random.split(jax.random.key(self.seed * 100_003 + generation), self.rollouts)
+        start = time.perf_counter()
+        totals, lengths = self.score(jnp.asarray(solutions, jnp.float32), keys, self.params)
+        totals = np.asarray(totals)
+        steps = solutions.shape[0] * self.rollouts * self.params.max_steps
+        return totals.mean(axis=1), steps / (time.perf_counter() - start)
+
+
+class RealScorer:
+    """Scores a population in the real environment on Ray workers."""
+
+    def __init__(self, world: WorldModel, config: Config):
+        from worldmodels.rollout.parallel import ParallelEpisodes
+
+        cfg = config.controller
+        self.episodes = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
+        self.env_id, self.max_steps, self.rollouts = config.env.train_id, cfg.max_steps, cfg.rollouts
+
+    def __call__(self, solutions: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
+        population = len(solutions)
+        seeds = TRAIN_SEED_BASE + generation * self.rollouts + np.arange(self.rollouts)
+        flat = np.repeat(solutions, self.rollouts, axis=0)
+        result = self.episodes.run(flat, np.tile(seeds, population), self.env_id, self.max_steps)
+        return result["returns"].reshape(population, self.rollouts).mean(axis=1), result["env_steps_per_s"]
+
+
+def real_scores(episodes, candidates: np.ndarray, config: Config) -> np.ndarray:
+    """Mean real-env return of each candidate over the fixed check seeds."""
+    n = config.controller.eval_episodes
+    seeds = EVAL_SEED_BASE + np.arange(n)
+    result = episodes.run(np.repeat(candidates, n, axis=0), np.tile(seeds, len(candidates)),
+                          config.env.train_id, config.controller.max_steps)
+    return result["returns"].reshape(len(candidates), n).mean(axis=1)
+
+
+def train_controller(config: Config, run: str | Path, progress: bool = True,
+                     progress_fn: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Evolve C into RUN/controller; resumes from RUN/controller/cma_state.pkl."""
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.parallel import init_ray
+    from worldmodels.rollout.parallel import ParallelEpisodes
+
+    cfg = config.controller
+    run = Path(run)
+    out = run / "controller"
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray(num_cpus=cfg.workers or None)  # before JAX starts its threads: Ray forks helpers
+    world = load_world_model(run, config)
+    template = world.controller_template()
+    flat0, unravel = ravel_pytree(template)
+    state_path = out / "cma_state.pkl"
+    if state_path.exists():
+        try:
+            es = pickle.loads(state_path.read_bytes())
+        except Exception as exc:
+            raise DataError(f"{state_path} is corrupt ({type(exc).__name__}); delete it to restart the "
+                            "search") from None
+        if len(es.mean) != len(flat0):
+            raise ConfigError(f"{state_path} searches {len(es.mean)} parameters, this controller has "
+                              f"{len(flat0)}; use another RUN= or delete {out}")
+    else:
+        es = make_cma(len(flat0), cfg.population, cfg.sigma0, cfg.seed)
+    generation = es.countiter
+    log = MetricsLog(out / "generations.csv", COLUMNS, resume_step=generation, key="generation")
+    scorer = DreamScorer(world, config, run / "series") if cfg.dream else RealScorer(world, config)
+    checker = scorer.episodes if isinstance(scorer, RealScorer) else None
+    meta_path = out / "best.json"
+    best = json.loads(meta_path.read_text()) if meta_path.exists() else {"fitness": -np.inf, "real": -np.inf}
+    start = time.perf_counter()
+    if progress and generation < cfg.generations:
+        mode = "dream" if cfg.dream else "real env"
+        print(f"train C ({mode}): {len(flat0)} parameters, population {cfg.population}, "
+              f"{cfg.rollouts} rollouts each, generations {generation}..{cfg.generations}", flush=True)
+    while generation < cfg.generations:
+        t0 = time.perf_counter()
+        solutions = np.asarray(es.ask())
+        fitness, rate = scorer(solutions, generation)
+        es.tell(list(solutions), list(-fitness))
+        generation += 1
+        top = int(np.argmax(fitness))
+        row = {"generation": generation, "mean": float(fitness.mean()), "best": float(fitness[top]),
+               "worst": float(fitness.min()), "sigma": float(es.sigma), "steps_per_s": rate}
+        if fitness[top] > best["fitness"]:
+            best["fitness"] = float(fitness[top])
+            save_checkpoint(out / "best_fitness.msgpack", unravel(jnp.asarray(solutions[top])),
+                            {"generation": generation, "fitness": best["fitness"]})
+        if generation % cfg.eval_every == 0 or generation == cfg.generations:
+            if checker is None:
+                checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
+            candidates = np.stack([solutions[top], np.asarray(es.mean)])
+            scores = real_scores(checker, candidates, config)
+            row["real_best"], row["real_mean_candidate"] = float(scores[0]), float(scores[1])
+            pick = int(np.argmax(scores))
+            if scores[pick] > best["real"]:
+                best["real"], best["generation"] = float(scores[pick]), generation
+                best["which"] = ["generation best", "search mean"][pick]
+                save_checkpoint(out / "best.msgpack", unravel(jnp.asarray(candidates[pick])),
+                                {"generation": generation, "real_score": float(scores[pick])})
+            row["real_score_kept"] = best["real"]
+        row["seconds"] = time.perf_counter() - t0
+        log.append(row)
+        # Order matters for a kill at any moment: parameters first, then the search state
+        # that says this generation is done.
+        atomic_write_text(meta_path, json.dumps(best, indent=2))
+        log.write()
+        atomic_write_bytes(state_path, pickle.dumps(es))
+        if progress:
+            real = f" real {row['real_best']:.1f}/{row['real_mean_candidate']:.1f}" if "real_best" in row else ""
+            print(f"gen {generation:4d}  mean {row['mean']:8.1f}  best {row['best']:8.1f}  worst "
+                  f"{row['worst']:8.1f}  sigma {row['sigma']:.4f}  {rate:9.0f} steps/s  "
+                  f"{row['seconds']:.1f}s{real}", flush=True)
+        if progress_fn is not None:
+            progress_fn(row)
+
+    if not (out / "best.msgpack").exists() and (out / "best_fitness.msgpack").exists():
+        params, meta = load_checkpoint(out / "best_fitness.msgpack", template)
+        save_checkpoint(out / "best.msgpack", params, meta)
+    save_controller_pictures(out, log.rows, dream=cfg.dream)
+    summary = {"generations": generation, "parameters": len(flat0), "dream": cfg.dream,
+               "best_fitness": best["fitness"], "best_real_check": best["real"],
+               "best_real_check_generation": best.get("generation"),
+               "train_seconds_this_run": time.perf_counter() - start}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def save_controller_pictures(out: Path, rows, dream: bool) -> None:
+    from worldmodels.viz.plots import plot_curves
+
+    if not rows:
+        return
+    label = "dream return" if dream else "return"
+    panels = [["mean", "best", "worst"], ["real_best", "real_mean_candidate"], ["sigma"]]
+    plot_curves(out / "curves.png", rows, x="generation", panels=panels,
+                title=f"C with CMA-ES: population {label} (left), real-env checks (middle)")
