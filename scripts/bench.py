@@ -226,11 +226,54 @@ def bench_dream(batch: int = 256, steps: int = 1000) -> Iterator[Figure]:
     yield "dream_speedup_vs_env", rate / gymnasium_steps_per_s(), "x"
 
 
+def agent_steps_per_s(envs: int = 16, steps: int = 300) -> float:
+    """Env steps/s of FastCarRacing with the World Models agent (paper sizes: V, M with
+    256 units, linear C) acting for `envs` environments, one batched jitted call per step.
+    Meant to run in a process pinned to one core with one XLA thread (see `bench_agent`)."""
+    import jax
+
+    from worldmodels.config import get_config
+    from worldmodels.models.vision import get_vision_model
+    from worldmodels.rollout.agent import WorldModel, make_agent_step, run_episodes
+    from worldmodels.train.mdnrnn import init_params, make_module
+
+    config = get_config("default")
+    vision = get_vision_model(config.vision)
+    module = make_module(config.mdnrnn, vision.latent_dim, 3)
+    world = WorldModel(config, vision, jax.jit(vision.init)(jax.random.key(0)), module,
+                       init_params(module, jax.random.key(1)))
+    step = make_agent_step(world)
+    controller = world.controller_template()
+    controllers = [jax.tree.map(lambda a, i=i: a * (1 + 0.1 * i), controller) for i in range(envs)]
+    run_episodes(world, step, controllers[:envs], list(range(envs)), "FastCarRacing-v3", 5)  # compile
+    result = run_episodes(world, step, controllers, list(range(100, 100 + envs)), "FastCarRacing-v3", steps)
+    return float(result["env_steps_per_s"])
+
+
+def _one_core_subprocess(expression: str) -> float:
+    """Evaluate `expression` (a float) in a fresh process pinned to one core, one XLA thread."""
+    import subprocess
+
+    from worldmodels.parallel import WORKER_ENV
+
+    code = f"import scripts.bench as b; print({expression})"
+    result = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, **WORKER_ENV}, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def bench_agent() -> Iterator[Figure]:
+    rate = _one_core_subprocess("b.agent_steps_per_s()")
+    yield "agent_steps_per_s", rate, "steps/s"
+    yield "agent_speedup_vs_gymnasium", rate / gymnasium_steps_per_s(), "x"
+
+
 GROUPS: dict[str, Callable[[], Iterator[Figure]]] = {
     "env": bench_env,
     "rollout": bench_rollout,
     "rnn": bench_rnn,
     "dream": bench_dream,
+    "agent": bench_agent,
 }
 
 

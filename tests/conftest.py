@@ -41,3 +41,23 @@ def ray_local():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A tiny run through the CLI up to M: rollouts, train-vae, series, train-rnn.
+    Tests that change it work on a copy (`copy_run`)."""
+    run = tmp_path_factory.mktemp("tiny_world")
+    for stage in ("rollouts", "train_vae", "series", "train_rnn"):
+        run_stage(stage, "--config", "tiny", "--run", str(run))
+    return run
+
+
+def copy_run(source: Path, target: Path, parts=("rollouts", "vision", "series", "mdnrnn")) -> Path:
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        if (source / part).exists():
+            shutil.copytree(source / part, target / part)
+    return target

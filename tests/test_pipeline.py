@@ -7,17 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import run_stage
+from tests.conftest import copy_run, run_stage
 from worldmodels.checkpoint import read_checkpoint_meta
 from worldmodels.data.series import list_series, load_series
 from worldmodels.viz.plots import read_csv
 
 
 @pytest.fixture(scope="module")
-def rollouts(tmp_path_factory):
-    run = tmp_path_factory.mktemp("rollouts_run")
-    run_stage("rollouts", "--config", "tiny", "--run", str(run))
-    return run / "rollouts"
+def rollouts(tiny_world):
+    return tiny_world / "rollouts"
 
 
 def new_run(tmp_path, rollouts, name):
@@ -33,19 +31,16 @@ def params_of(run):
     return serialization.msgpack_restore((run / "vision" / "params.msgpack").read_bytes())["state"]
 
 
-def test_train_vae_then_series(tmp_path, rollouts):
-    run = new_run(tmp_path, rollouts, "a")
-    result = run_stage("train_vae", "--config", "tiny", "--run", str(run))
+def test_train_vae_series_train_rnn(tmp_path, tiny_world):
+    run = copy_run(tiny_world, tmp_path / "a")
     summary = json.loads((run / "vision" / "summary.json").read_text())
     assert summary["steps"] > 0 and np.isfinite(summary["heldout_mse_per_pixel"])
-    assert "train-vae:" in result.stdout
     for name in ("checkpoint.msgpack", "params.msgpack", "metrics.csv", "curves.png",
                  "reconstructions.png", "traversals.png", "config.json"):
         assert (run / "vision" / name).exists(), name
     rows = read_csv(run / "vision" / "metrics.csv")
     assert rows and all(np.isfinite(r["loss"]) for r in rows)
 
-    run_stage("series", "--config", "tiny", "--run", str(run))
     series = list_series(run / "series")
     assert len(series) == 4
     for path in series:
@@ -57,7 +52,6 @@ def test_train_vae_then_series(tmp_path, rollouts):
     again = run_stage("series", "--config", "tiny", "--run", str(run))
     assert "0 encoded, 4 already there" in again.stdout
 
-    result = run_stage("train_rnn", "--config", "tiny", "--run", str(run))
     summary = json.loads((run / "mdnrnn" / "summary.json").read_text())
     assert summary["steps"] == 12 and np.isfinite(summary["heldout_z_nll"])
     for name in ("checkpoint.msgpack", "params.msgpack", "metrics.csv", "curves.png", "reward.png",

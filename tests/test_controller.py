@@ -1,0 +1,130 @@
+"""C: CMA-ES on a known function, resumable search, the controller stage in the dream and in
+the real env, evaluation, and a Ray worker killed mid-generation."""
+
+import json
+import os
+import pickle
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import copy_run, run_stage
+from worldmodels.errors import ConfigError
+from worldmodels.train.es import make_cma
+from worldmodels.viz.plots import read_csv
+
+
+def test_cma_es_minimises_a_quadratic():
+    target = np.array([1.0, -2.0, 0.5, 3.0])
+    es = make_cma(4, population=8, sigma0=0.5, seed=0)
+    for _ in range(120):
+        xs = np.asarray(es.ask())
+        es.tell(list(xs), list(((xs - target) ** 2).sum(axis=1)))
+    np.testing.assert_allclose(es.mean, target, atol=1e-3)
+
+
+def test_cma_state_pickles_and_resumes_the_same_search():
+    def run(generations, es=None):
+        es = es or make_cma(3, population=6, sigma0=0.3, seed=5)
+        for _ in range(generations):
+            xs = np.asarray(es.ask())
+            es.tell(list(xs), list((xs ** 2).sum(axis=1)))
+        return es
+
+    straight = run(6)
+    resumed = run(3, pickle.loads(pickle.dumps(run(3))))
+    np.testing.assert_array_equal(straight.mean, resumed.mean)
+    assert straight.sigma == resumed.sigma
+
+
+def test_population_too_small():
+    with pytest.raises(ConfigError, match="at least 2"):
+        make_cma(5, population=1, sigma0=0.1, seed=0)
+
+
+def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
+    straight = copy_run(tiny_world, tmp_path / "straight")
+    run_stage("train_controller", "--config", "tiny", "--run", str(straight), "--controller.dream", "1")
+    rows = read_csv(straight / "controller" / "generations.csv")
+    assert [r["generation"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["mean"]) and "real_best" in r for r in rows)
+    for name in ("best.msgpack", "best_fitness.msgpack", "cma_state.pkl", "curves.png", "summary.json"):
+        assert (straight / "controller" / name).exists(), name
+
+    resumed = copy_run(tiny_world, tmp_path / "resumed")
+    run_stage("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1",
+              "--controller.generations", "1")
+    run_stage("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1")
+    a = pickle.loads((straight / "controller" / "cma_state.pkl").read_bytes())
+    b = pickle.loads((resumed / "controller" / "cma_state.pkl").read_bytes())
+    np.testing.assert_array_equal(a.mean, b.mean)
+    assert [r["best"] for r in read_csv(resumed / "controller" / "generations.csv")] == [r["best"] for r in rows]
+
+    result = run_stage("evaluate", "--config", "tiny", "--run", str(straight))
+    summary = json.loads((straight / "eval" / "summary.json").read_text())
+    assert summary["env_id"] == "CarRacing-v3" and summary["episodes"] == 2
+    assert summary["best_episode"]["replayed_return"] == pytest.approx(summary["max"])  # deterministic
+    for name in ("scores.csv", "histogram.png", "best.mp4", "worst.mp4"):
+        assert (straight / "eval" / name).exists(), name
+    assert "over 2 episodes of CarRacing-v3" in result.stdout
+    run_stage("report", "--config", "tiny", "--run", str(straight))
+    report = (straight / "report.md").read_text()
+    assert "## 5. Evaluation" in report and "## 4. C (controller)" in report
+
+
+def test_real_env_training(tmp_path, tiny_world):
+    run = copy_run(tiny_world, tmp_path / "real")
+    result = run_stage("train_controller", "--config", "tiny", "--run", str(run))
+    assert "train C (real env)" in result.stdout
+    rows = read_csv(run / "controller" / "generations.csv")
+    assert len(rows) == 2 and all(r["steps_per_s"] > 0 for r in rows)
+
+
+def test_bad_agent_dir(tmp_path):
+    result = run_stage("evaluate", "--config", "tiny", "--agent", str(tmp_path), check=False)
+    assert result.returncode == 2 and "is not an agent" in result.stderr
+
+
+def _kill_one_episode_worker(stop: threading.Event, killed: list) -> None:
+    import psutil
+
+    while not stop.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if "ray::episodes_task" in cmd:
+                os.kill(proc.info["pid"], signal.SIGKILL)
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_does_not_lose_the_generation(tiny_world):
+    from worldmodels.parallel import init_ray
+    from worldmodels.rollout.agent import load_world_model
+    from worldmodels.rollout.parallel import ParallelEpisodes
+
+    init_ray(num_cpus=2)
+    world = load_world_model(tiny_world, None) if (tiny_world / "config.json").exists() else None
+    from worldmodels.config import get_config
+
+    world = world or load_world_model(tiny_world, get_config("tiny"))
+    from jax.flatten_util import ravel_pytree
+
+    flat, _ = ravel_pytree(world.controller_template())
+    controllers = np.stack([np.asarray(flat) * s for s in (0.5, 1.0, 1.5, 2.0)])
+    seeds = np.arange(4) + 100
+    episodes = ParallelEpisodes(world, workers=2, max_task_episodes=2)
+    undisturbed = episodes.run(controllers, seeds, "FastCarRacing-v3", 150)
+
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_episode_worker, args=(stop, killed), daemon=True)
+    killer.start()
+    disturbed = episodes.run(controllers, seeds, "FastCarRacing-v3", 150)
+    stop.set()
+    killer.join()
+    assert killed, "no episode worker was seen to kill"
+    np.testing.assert_array_equal(disturbed["returns"], undisturbed["returns"])
+    np.testing.assert_array_equal(disturbed["steps"], undisturbed["steps"])
