@@ -220,7 +220,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "rollouts": {"episodes": 100, "max_steps": 300},
         "vision": {"epochs": 1},
-        "mdnrnn": {"seq_len": 100, "steps": 1500},
+        "mdnrnn": {"seq_len": 100, "batch_size": 64, "steps": 600, "checkpoint_every": 200},
         "controller": {"population": 16, "rollouts": 2, "generations": 10, "max_steps": 300,
                        "eval_every": 5, "eval_episodes": 4},
         "eval": {"episodes": 8, "max_steps": 1000},

@@ -107,11 +107,18 @@ class MDNRNN(nn.Module):
 
 def sample_mdn(key: jax.Array, out: MDNOutput, temperature: float | jax.Array = 1.0) -> jax.Array:
     """Sample z (..., Z): per dimension pick a component from softmax(logit_pi / tau), then
-    draw from N(mu, sigma * sqrt(tau))."""
+    draw from N(mu, sigma * sqrt(tau)).
+
+    The component is drawn by inverting the mixture's CDF with one uniform per dimension,
+    instead of `jax.random.categorical`'s K Gumbel draws: the same distribution, and on
+    XLA:CPU about 5x cheaper, which matters in the dream where sampling rivals the LSTM."""
     k_pi, k_eps = jax.random.split(key)
-    logits = jnp.moveaxis(out.logit_pi, -2, -1) / temperature  # (..., Z, K)
-    component = jax.random.categorical(k_pi, logits)  # (..., Z)
-    pick = lambda a: jnp.take_along_axis(jnp.moveaxis(a, -2, -1), component[..., None], axis=-1)[..., 0]
+    probs = jax.nn.softmax(out.logit_pi / temperature, axis=-2)  # (..., K, Z)
+    cdf = jnp.cumsum(probs, axis=-2)
+    u = jax.random.uniform(k_pi, cdf.shape[:-2] + cdf.shape[-1:], cdf.dtype)  # (..., Z)
+    K = probs.shape[-2]
+    component = jnp.minimum(jnp.sum(cdf < u[..., None, :], axis=-2), K - 1)  # (..., Z)
+    pick = lambda a: jnp.take_along_axis(a, component[..., None, :], axis=-2)[..., 0, :]
     mu, log_sigma = pick(out.mu), pick(out.log_sigma)
     eps = jax.random.normal(k_eps, mu.shape, mu.dtype)
     return mu + jnp.exp(log_sigma) * jnp.sqrt(temperature) * eps
