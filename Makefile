@@ -5,6 +5,7 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 CONFIG  ?= quick
 RUN     ?= runs/$(CONFIG)
 ARGS    ?=
@@ -58,7 +59,12 @@ test: $(STAMP)
 	$(PY) -m ruff check worldmodels pipeline scripts tests
 	$(PY) -m pytest tests
 
-bench: $(STAMP)
+# The PyTorch references are benchmark-only (torch 2.13.0 CPU, installed from local disk here).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m scripts.bench $(ARGS)
 
 lint: $(STAMP)
