@@ -268,12 +268,76 @@ def bench_agent() -> Iterator[Figure]:
     yield "agent_speedup_vs_gymnasium", rate / gymnasium_steps_per_s(), "x"
 
 
+def make_large_rollouts(folder: str, episodes: int = 1000, frames: int = 1000) -> None:
+    """`episodes` episode files of `frames` 64x64 frames each, quickly: one real-format file
+    (smooth random frames, so they compress like real ones do), hard-linked under every name.
+    The loader reads each name as its own episode, so memory behaves as with distinct files."""
+    from worldmodels.data.episodes import episode_arrays, episode_name, save_episode
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (frames, 8, 8, 3)).astype(np.uint8).repeat(8, 1).repeat(8, 2)
+    first = os.path.join(folder, episode_name(0))
+    save_episode(first, episode_arrays(base, np.zeros((frames, 3)), np.zeros(frames), [False] * frames,
+                                       [False] * (frames - 1) + [True], env_id="synthetic", seed=0,
+                                       policy="none"))
+    for i in range(1, episodes):
+        target = os.path.join(folder, episode_name(i))
+        if not os.path.exists(target):
+            os.link(first, target)
+
+
+def _peak_rss_mb(command: list[str]) -> float:
+    """Peak resident memory of a child process and its children (polled every 50 ms), in MB."""
+    import subprocess
+
+    import psutil
+
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        try:
+            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    if child.returncode != 0:
+        raise RuntimeError(f"{command} failed: {child.stderr.read()[-2000:]}")
+    return peak / 2**20
+
+
+def stream_epoch(rollouts: str, batches: int) -> None:
+    """Drain `batches` batches of V's streaming loader (no training): memory of the stream."""
+    from worldmodels.data.frames import FrameStream, split_episodes
+
+    paths, _ = split_episodes(rollouts, 0.0)
+    stream = FrameStream(paths, batch_size=100, chunk_frames=20000, frame_size=64)
+    for i, _batch in enumerate(stream.epoch(0)):
+        if i + 1 >= batches:
+            break
+
+
+def bench_vae_memory() -> Iterator[Figure]:
+    """Peak RSS of `train-vae` on 1,000 episodes x 1,000 frames (12 GB of frames unpacked)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log("writing 1,000 x 1,000-frame rollouts (hard links of one real-format file)")
+        make_large_rollouts(os.path.join(tmp, "rollouts"))
+        rss_stream = _peak_rss_mb([sys.executable, "-c", "import scripts.bench as b; "
+                                   f"b.stream_epoch({os.path.join(tmp, 'rollouts')!r}, 2000)"])
+        rss_train = _peak_rss_mb([sys.executable, "-m", "pipeline.train_vae", "--config", "default", "--run", tmp,
+                                  "--vision.max_steps", "100", "--vision.checkpoint_every", "1000"])
+    yield "vae_stream_peak_rss_mb", rss_stream, "MB"
+    yield "vae_peak_rss_mb", rss_train, "MB"
+
+
 GROUPS: dict[str, Callable[[], Iterator[Figure]]] = {
     "env": bench_env,
     "rollout": bench_rollout,
     "rnn": bench_rnn,
     "dream": bench_dream,
     "agent": bench_agent,
+    "vae_memory": bench_vae_memory,
 }
 
 
