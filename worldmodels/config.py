@@ -146,6 +146,9 @@ class ControllerConfig:
     """Episodes per candidate; fitness = their mean return (every candidate sees the same
     track seeds in a generation)."""
     sigma0: float = 0.1
+    init_from: str = ""
+    """Start the search at this controller (a .msgpack, e.g. a dream-trained best.msgpack)
+    instead of at zero: "dream then real"."""
     generations: int = 100
     max_steps: int = 1000
     """Episode cap in the real environment."""

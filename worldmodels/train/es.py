@@ -48,13 +48,13 @@ class SeededNormal:
         return self.rng.standard_normal(shape)
 
 
-def make_cma(dim: int, population: int, sigma0: float, seed: int):
+def make_cma(dim: int, population: int, sigma0: float, seed: int, x0: np.ndarray | None = None):
     import cma
 
     if population < 2:
         raise ConfigError(f"controller.population={population}: CMA-ES needs at least 2 candidates")
     try:
-        return cma.CMAEvolutionStrategy(np.zeros(dim), sigma0, {
+        return cma.CMAEvolutionStrategy(np.zeros(dim) if x0 is None else x0, sigma0, {
             "popsize": population, "seed": seed + 1, "randn": SeededNormal(seed), "verbose": -9,
             "CMA_diagonal": False, "tolfun": 0, "tolx": 0, "tolstagnation": 10**9, "tolflatfitness": 10**9,
         })
@@ -169,7 +169,11 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
             raise ConfigError(f"{state_path} searches {len(es.mean)} parameters, this controller has "
                               f"{len(flat0)}; use another RUN= or delete {out}")
     else:
-        es = make_cma(len(flat0), cfg.population, cfg.sigma0, cfg.seed)
+        x0 = None
+        if cfg.init_from:
+            start_params, _ = load_checkpoint(cfg.init_from, template)
+            x0 = np.asarray(ravel_pytree(start_params)[0], np.float64)
+        es = make_cma(len(flat0), cfg.population, cfg.sigma0, cfg.seed, x0)
     generation = es.countiter
     log = MetricsLog(out / "generations.csv", COLUMNS, resume_step=generation, key="generation")
     scorer = DreamScorer(world, config, run / "series") if cfg.dream else RealScorer(world, config)
