@@ -68,7 +68,7 @@ def encode_rollouts(rollouts: str | os.PathLike, folder: str | os.PathLike, mode
     import jax
     import jax.numpy as jnp
 
-    from worldmodels.train.common import data_parallel
+    from worldmodels.train.common import conv_compiler_options, data_parallel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,8 @@ def encode_rollouts(rollouts: str | os.PathLike, folder: str | os.PathLike, mode
 
     _, batch_sharding, replicated = data_parallel(devices, batch_size)
     params = jax.device_put(params, replicated)
-    encode = jax.jit(lambda p, x: model.encode(p, x.astype(jnp.float32) / 255.0))
+    encode = jax.jit(lambda p, x: model.encode(p, x.astype(jnp.float32) / 255.0),
+                     compiler_options=conv_compiler_options())
     bar = None
     if progress and todo:
         from tqdm import tqdm

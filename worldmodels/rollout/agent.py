@@ -108,7 +108,9 @@ def make_agent_step(world: WorldModel):
                             method=MDNRNN.step)[0]
         return action, lstm.h, lstm.c
 
-    return jax.jit(act)
+    from worldmodels.train.common import conv_compiler_options
+
+    return jax.jit(act, compiler_options=conv_compiler_options())
 
 
 def world_from_payload(payload: dict[str, Any]) -> WorldModel:

@@ -26,7 +26,13 @@ from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
 from worldmodels.data.frames import FrameStream, load_frames, split_episodes
 from worldmodels.errors import CheckpointError, ConfigError
 from worldmodels.models.vision import VisionModel, get_vision_model
-from worldmodels.train.common import MetricsLog, TrainState, data_parallel, init_train_state
+from worldmodels.train.common import (
+    MetricsLog,
+    TrainState,
+    conv_compiler_options,
+    data_parallel,
+    init_train_state,
+)
 
 # Fields of VisionConfig that fix the parameter tree: a checkpoint must match them.
 ARCHITECTURE_FIELDS = ("model", "latent_dim", "encoder_channels", "decoder_channels")
@@ -140,7 +146,7 @@ def train_vision(config: Config, run: str | Path, progress: bool = True,
     step = int(state.step)
     log = MetricsLog(out / "metrics.csv", METRIC_COLUMNS, resume_step=step)
     rows = log.rows
-    step_fn = jax.jit(make_train_step(model, tx), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(model, tx), donate_argnums=0, compiler_options=conv_compiler_options())
     key = jax.random.key(cfg.seed + 1)
 
     def checkpoint(epoch_: int, batch_: int) -> None:
