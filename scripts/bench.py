@@ -172,6 +172,57 @@ def bench_rnn() -> Iterator[Figure]:
     yield "rnn_speedup_vs_torch", rates["jax"] / rates["torch"], "x"
 
 
+def jax_vae_runner(batch: int = 100) -> Callable[[int], float]:
+    """V's real train step (paper sizes, the configured fast layers) on a fixed batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from worldmodels.config import get_config
+    from worldmodels.models.vision import get_vision_model
+    from worldmodels.train.common import conv_compiler_options
+    from worldmodels.train.vision import init_state, make_optimizer, make_train_step
+
+    cfg = get_config("default", ["--vision.batch_size", str(batch)]).vision
+    model = get_vision_model(cfg)
+    tx = make_optimizer(cfg)
+    box = {"state": init_state(model, tx, jax.random.key(0))}
+    step = jax.jit(make_train_step(model, tx), donate_argnums=0, compiler_options=conv_compiler_options())
+    frames = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, 64, 64, 3)), jnp.uint8)
+
+    def run(n: int) -> float:
+        for i in range(n):
+            box["state"], metrics = step(box["state"], frames, jax.random.key(i))
+        jax.block_until_ready(metrics["loss"])
+        return n * batch
+
+    return run
+
+
+def torch_vae_runner(batch: int = 100) -> Callable[[int], float]:
+    import torch
+
+    from scripts.torch_vae import TorchVAE, make_train_step
+
+    torch.manual_seed(0)
+    step = make_train_step(TorchVAE())
+    x = torch.rand(batch, 3, 64, 64, dtype=torch.float32)
+
+    def run(n: int) -> float:
+        for _ in range(n):
+            loss = step(x)
+        float(loss)
+        return n * batch
+
+    return run
+
+
+def bench_vae() -> Iterator[Figure]:
+    rates = side_by_side({"jax": jax_vae_runner(), "torch": torch_vae_runner()}, rounds=4, per_round=6)
+    yield "vae_train_img_per_s_jax", rates["jax"], "images/s"
+    yield "vae_train_img_per_s_torch", rates["torch"], "images/s"
+    yield "vae_speedup_vs_torch", rates["jax"] / rates["torch"], "x"
+
+
 _MEASURED: dict[str, float] = {}
 
 
@@ -334,10 +385,11 @@ def bench_vae_memory() -> Iterator[Figure]:
 GROUPS: dict[str, Callable[[], Iterator[Figure]]] = {
     "env": bench_env,
     "rollout": bench_rollout,
+    "vae": bench_vae,
     "rnn": bench_rnn,
     "dream": bench_dream,
-    "agent": bench_agent,
     "vae_memory": bench_vae_memory,
+    "agent": bench_agent,
 }
 
 
