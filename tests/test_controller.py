@@ -101,6 +101,7 @@ def _kill_one_episode_worker(stop: threading.Event, killed: list) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.filterwarnings("ignore:os.fork")
 def test_a_killed_worker_does_not_lose_the_generation(tiny_world):
     from worldmodels.parallel import init_ray
     from worldmodels.rollout.agent import load_world_model
