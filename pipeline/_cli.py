@@ -32,6 +32,11 @@ def main_wrapper(main: Callable[[Sequence[str] | None], str | None], stage: str)
     `main` returns the run directory; the stage's wall time is added to RUN/timings.json."""
 
     def run() -> None:
+        import warnings
+
+        # JAX warns on any os.fork(); the stages only fork to exec (Ray's helpers, ffmpeg),
+        # which is safe, so the warning would only alarm.
+        warnings.filterwarnings("ignore", message="os.fork\\(\\) was called", category=RuntimeWarning)
         start = time.perf_counter()
         try:
             run_dir = main(None)

@@ -223,9 +223,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The whole pipeline in minutes on a laptop-class CPU.
     "quick": {
         "rollouts": {"episodes": 100, "max_steps": 300},
-        "vision": {"epochs": 1},
+        "vision": {"epochs": 4},
         "mdnrnn": {"seq_len": 100, "batch_size": 64, "steps": 600, "checkpoint_every": 200},
-        "controller": {"population": 16, "rollouts": 2, "generations": 10, "max_steps": 300,
+        "controller": {"population": 16, "rollouts": 2, "generations": 16, "max_steps": 300,
                        "eval_every": 5, "eval_episodes": 4},
         "eval": {"episodes": 8, "max_steps": 1000},
     },
