@@ -80,8 +80,9 @@ def bench_env() -> Iterator[Figure]:
     yield "env_speedup", rates["FastCarRacing-v3"] / rates["CarRacing-v3"], "x"
 
 
-def bench_rollout(episodes: int = 12, max_steps: int = 250) -> Iterator[Figure]:
-    """Episodes/s of the rollouts stage with every local core vs with one worker."""
+def bench_rollout(episodes: int = 8, max_steps: int = 1000) -> Iterator[Figure]:
+    """Episodes/s of the rollouts stage with every local core vs with one worker, on episodes
+    of the default preset's length (1000 steps)."""
     from dataclasses import replace
 
     from worldmodels.config import get_config

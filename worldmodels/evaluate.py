@@ -46,9 +46,9 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
         bar = tqdm(total=cfg.episodes, unit="ep", desc=f"evaluate on {env_id}", dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        episodes = ParallelEpisodes(world, workers=workers, max_task_episodes=8)
-        result = episodes.run(np.repeat(np.asarray(flat)[None], cfg.episodes, axis=0), seeds, env_id,
-                              cfg.max_steps, on_task_done=bar.update if bar else None)
+        episodes = ParallelEpisodes(world, workers=workers, max_task_episodes=8, fixed_task_size=True)
+        flat_all = np.repeat(np.asarray(flat)[None], cfg.episodes, axis=0)
+        result = episodes.run(flat_all, seeds, env_id, cfg.max_steps, on_task_done=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
@@ -70,16 +70,13 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
     save_histogram(out / "histogram.png", returns, f"{agent.name}: {summary['mean']:.1f} ± "
                    f"{summary['std']:.1f} over {cfg.episodes} episodes of {env_id}")
     if cfg.videos:
-        from worldmodels.rollout.agent import make_agent_step, run_episodes
         from worldmodels.viz.images import save_video
 
-        step = make_agent_step(world)
         for name, i in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):
-            replay = run_episodes(world, step, [controller], [int(seeds[i])], env_id, cfg.max_steps,
-                                  record=True)
-            save_video(out / f"{name}.mp4", replay["frames"][0], fps=50, scale=4)
+            replay = episodes.replay(flat_all, seeds, env_id, cfg.max_steps, episode=i)
+            save_video(out / f"{name}.mp4", replay["frames"], fps=50, scale=4)
             summary[f"{name}_episode"] = {"seed": int(seeds[i]), "return": float(returns[i]),
-                                          "replayed_return": float(replay["returns"][0])}
+                                          "replayed_return": replay["return"]}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 

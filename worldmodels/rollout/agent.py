@@ -137,9 +137,10 @@ def _cached_world(world_id: str, payload: dict[str, Any]) -> tuple[WorldModel, A
 
 
 def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[int], env_id: str,
-                 max_steps: int, record: bool = False) -> dict[str, np.ndarray]:
+                 max_steps: int, record: int | None = None) -> dict[str, np.ndarray]:
     """Run len(seeds) episodes at once, episode i with controller i, one batched agent call
-    per time step. Returns returns (n,), steps (n,), env steps/s, and frames if `record`."""
+    per time step. Returns returns (n,), steps (n,), env steps/s, and with `record` = i the
+    raw observations of episode i ("frames", (T+1, 96, 96, 3))."""
     module = get_env_module(world.config.env.name)
     size = world.config.env.frame_size
     n = len(seeds)
@@ -151,7 +152,7 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
         h = c = jnp.zeros((n, world.module.hidden), jnp.float32)
         returns, steps = np.zeros(n), np.zeros(n, np.int64)
         alive = np.ones(n, bool)
-        recorded = [[o] for o in obs] if record else None
+        recorded = [obs[record]] if record is not None else None
         start = time.perf_counter()
         for _ in range(max_steps):
             actions, h, c = step(ctrl, frames, h, c)
@@ -161,8 +162,8 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
                 returns[i] += r
                 steps[i] += 1
                 frames[i] = module.preprocess_frame(o, size)
-                if record:
-                    recorded[i].append(o)
+                if i == record:
+                    recorded.append(o)
                 if terminated or truncated:
                     alive[i] = False
             if not alive.any():
@@ -172,17 +173,17 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
         for env in envs:
             env.close()
     out = {"returns": returns, "steps": steps, "env_steps_per_s": steps.sum() / max(seconds, 1e-9)}
-    if record:
-        out["frames"] = [np.stack(r) for r in recorded]
+    if record is not None:
+        out["frames"] = np.stack(recorded)
     return out
 
 
 def episodes_task(world_id: str, payload: dict[str, Any], flat_controllers: np.ndarray,
-                  seeds: list[int], env_id: str, max_steps: int) -> dict[str, np.ndarray]:
+                  seeds: list[int], env_id: str, max_steps: int, record: int | None = None) -> dict[str, np.ndarray]:
     """A Ray task body: episodes for flat controller vectors (n, D) on `seeds`."""
     from jax.flatten_util import ravel_pytree
 
     world, step = _cached_world(world_id, payload)
     _, unravel = ravel_pytree(world.controller_template())
     controllers = [unravel(jnp.asarray(v, jnp.float32)) for v in flat_controllers]
-    return run_episodes(world, step, controllers, seeds, env_id, max_steps)
+    return run_episodes(world, step, controllers, seeds, env_id, max_steps, record=record)

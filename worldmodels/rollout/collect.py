@@ -8,6 +8,7 @@ killed worker's task is simply retried. Episode i is fully determined by (seed, 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,10 +132,15 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
 
         bar = tqdm(total=cfg.episodes, initial=skipped, unit="ep", desc="rollouts", dynamic_ncols=True)
     start, steps, written = time.perf_counter(), 0, 0
-    queue, in_flight = list(todo), []
+    queue, in_flight, writes = list(todo), [], []
+    # Files are written (and fsynced) by a helper thread, so the loop hands the next episode
+    # to the freed worker at once instead of leaving it idle during the disk write.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-writer")
     try:
         while queue or in_flight:
-            while queue and len(in_flight) < 2 * parallel:
+            # Exactly `parallel` tasks in flight: Ray would run any extra ones concurrently
+            # on spare CPUs, and `workers` is a promise about cores used.
+            while queue and len(in_flight) < parallel:
                 in_flight.append(task.remote(config.env, cfg, queue.pop(0)))
             ready, in_flight = ray.wait(in_flight, num_returns=1)
             try:
@@ -143,13 +149,17 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
                 if isinstance(exc.cause, WorldModelsError):
                     raise exc.cause from None
                 raise
-            atomic_write_bytes(folder / episode_name(index), data)
+            writes.append(writer.submit(atomic_write_bytes, folder / episode_name(index), data))
+            del data
             steps += length
             written += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - start):.0f}")
+        for write in writes:
+            write.result()  # surface a failed write
     finally:
+        writer.shutdown(wait=True)
         if bar is not None:
             bar.close()
         for ref in in_flight:

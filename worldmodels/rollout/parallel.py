@@ -33,7 +33,7 @@ class ParallelEpisodes:
     """Runs batches of episodes for one world model on Ray."""
 
     def __init__(self, world: WorldModel, workers: int = 0, timeout: float = 900.0, max_attempts: int = 3,
-                 max_task_episodes: int = 32):
+                 max_task_episodes: int = 32, fixed_task_size: bool = False):
         from worldmodels.parallel import cluster_cpus, init_ray
 
         self.ray = init_ray(num_cpus=workers or None)
@@ -41,7 +41,31 @@ class ParallelEpisodes:
         self.world_id = world_id(world)
         self.payload = self.ray.put(world.payload())
         self.timeout, self.max_attempts, self.max_task_episodes = timeout, max_attempts, max_task_episodes
+        # Fixed-size tasks make results independent of the number of workers: the batch an
+        # episode is stepped in (and so its floating-point path) depends only on its index.
+        self.fixed_task_size = fixed_task_size
         self.task = self.ray.remote(num_cpus=1, max_retries=3)(episodes_task)
+
+    def chunks(self, jobs: int) -> list[np.ndarray]:
+        """How `run` groups jobs into tasks (episodes of a task are stepped together)."""
+        size = self.max_task_episodes
+        if not self.fixed_task_size:
+            size = min(size, max(1, math.ceil(jobs / self.parallel)))
+        return [np.arange(i, min(i + size, jobs)) for i in range(0, jobs, size)]
+
+    def replay(self, flat_controllers: np.ndarray, seeds: np.ndarray, env_id: str, max_steps: int,
+               episode: int) -> dict[str, np.ndarray]:
+        """Rerun the task that held `episode` exactly as `run` did (same companions, same kind
+        of worker, so the same floating-point path) and return its frames. The agent is
+        deterministic, but a different batch size or thread setup can change the last bits of
+        an action, and CarRacing amplifies that."""
+        chunk = next(c for c in self.chunks(len(seeds)) if episode in c)
+        ref = self.task.remote(self.world_id, self.payload, flat_controllers[chunk],
+                               [int(s) for s in seeds[chunk]], env_id, max_steps,
+                               int(np.flatnonzero(chunk == episode)[0]))
+        result = self.ray.get(ref)
+        position = int(np.flatnonzero(chunk == episode)[0])
+        return {"frames": result["frames"], "return": float(result["returns"][position])}
 
     def run(self, flat_controllers: np.ndarray, seeds: np.ndarray, env_id: str, max_steps: int,
             on_task_done: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
@@ -49,8 +73,7 @@ class ParallelEpisodes:
         Returns returns (J,), steps (J,) and the env steps/s of the whole call."""
         ray = self.ray
         jobs = len(seeds)
-        size = min(self.max_task_episodes, max(1, math.ceil(jobs / self.parallel)))
-        chunks = [np.arange(i, min(i + size, jobs)) for i in range(0, jobs, size)]
+        chunks = self.chunks(jobs)
         returns, steps = np.zeros(jobs), np.zeros(jobs, np.int64)
         queue = list(range(len(chunks)))
         attempts = dict.fromkeys(queue, 0)
