@@ -65,6 +65,16 @@ def _episode_task(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> tuple[i
     return index, len(arrays["reward"]), episode_bytes(arrays)
 
 
+class EpisodeWorker:
+    """A Ray actor body: plays the episodes it is handed, one after another."""
+
+    def ready(self) -> bool:
+        return True
+
+    def run(self, env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> tuple[int, int, bytes]:
+        return _episode_task(env_cfg, cfg, index)
+
+
 @dataclass
 class RolloutSummary:
     written: int
@@ -124,7 +134,14 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
     workers = cfg.workers if workers is None else workers
     ray = init_ray(num_cpus=workers or None)
     parallel = workers or cluster_cpus()
-    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_episode_task)
+    # One actor per worker, each holding one CPU and a queue of up to two episodes: a worker
+    # starts its next episode the moment it finishes one (no idle gap while the driver reacts),
+    # and never runs two at once. A dead actor is restarted and its queued episodes rerun.
+    actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)(EpisodeWorker)
+    actors = [actor_class.remote() for _ in range(parallel)]
+    ray.get([actor.ready.remote() for actor in actors])
+    load = [0] * parallel
+    owner: dict = {}
 
     bar = None
     if progress:
@@ -138,11 +155,13 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-writer")
     try:
         while queue or in_flight:
-            # Exactly `parallel` tasks in flight: Ray would run any extra ones concurrently
-            # on spare CPUs, and `workers` is a promise about cores used.
-            while queue and len(in_flight) < parallel:
-                in_flight.append(task.remote(config.env, cfg, queue.pop(0)))
+            for a, actor in enumerate(actors):
+                while queue and load[a] < 2:
+                    ref = actor.run.remote(config.env, cfg, queue.pop(0))
+                    owner[ref], load[a] = a, load[a] + 1
+                    in_flight.append(ref)
             ready, in_flight = ray.wait(in_flight, num_returns=1)
+            load[owner.pop(ready[0])] -= 1
             try:
                 index, length, data = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
@@ -162,7 +181,7 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
         writer.shutdown(wait=True)
         if bar is not None:
             bar.close()
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
+        for actor in actors:
+            ray.kill(actor)
     return RolloutSummary(written=written, skipped=skipped, steps=steps,
                           seconds=time.perf_counter() - start)
