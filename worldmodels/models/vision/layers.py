@@ -33,7 +33,7 @@ Notation: x (B, H, W, C) NHWC, kernel K (k, k, C, O), stride s, q = ceil(k / s).
             kernel G (K zero-padded at the front to q*s taps, split into (q, s), the phase axis
             reversed), followed by depth-to-space (B, M, M, s, s, O) -> (B, s M, s M, O) and a crop,
             M = H + q - 1. Same sums as lax, no zero-stuffed input; the only extra multiplies are
-            the zero taps when k % s != 0 and the border rows of the crop.
+            by the q-1 rows/columns of zero padding and, when k % s != 0, by zero taps.
             1x1 input (the first decoder layer): y[i, j] = x @ K[k-1-i, k-1-j], one dense matmul.
   dx        the transpose of a transposed conv is a strided conv: dx = conv2d(dy, flipT(K), s).
   dK        dK[k-1-u] = sum_i x[i] (x) dy[s i + u]: an im2col of dy built from plain slices of
@@ -46,21 +46,33 @@ Notation: x (B, H, W, C) NHWC, kernel K (k, k, C, O), stride s, q = ceil(k / s).
 Why the formulations equal the reference: all of them are re-indexings of the same finite sums
 (no approximation); float32 results agree with flax to ~1e-6 relative (summation order only).
 
-Measured on this machine (2-core AMD EPYC Zen 5 VM with AVX-512, shared, so noisy), batch 100,
-float32, fwd + bwd per layer in ms (min over alternated runs; flax = flax.linen layers; torch =
-PyTorch 2.13 CPU, same layer, NCHW):
+Measured on this machine (2-core AMD EPYC Zen 5 VM, AVX-512, shared with other jobs, so noisy;
+numbers are the min over shuffled, alternated repeats in one process), batch 100, float32,
+fwd + bwd of one layer (grads w.r.t. kernel, bias and input; enc0 without input grad), in ms.
+flax = flax.linen layers, torch = PyTorch 2.13 CPU on the same layer in NCHW:
 
-    layer                          flax      here     torch
-    enc0 Conv  64x64x3   -> 32     {e0f}     {e0h}     {e0t}
-    enc1 Conv  31x31x32  -> 64     {e1f}     {e1h}     {e1t}
-    enc2 Conv  14x14x64  -> 128    {e2f}     {e2h}     {e2t}
-    enc3 Conv  6x6x128   -> 256    {e3f}     {e3h}     {e3t}
-    dec0 ConvT 1x1x1024  -> 5x5x128   {d0f}     {d0h}     {d0t}
-    dec1 ConvT 5x5x128   -> 13x13x64  {d1f}     {d1h}     {d1t}
-    dec2 ConvT 13x13x64  -> 30x30x32  {d2f}     {d2h}     {d2t}
-    dec3 ConvT 30x30x32  -> 64x64x3   {d3f}     {d3h}     {d3t}
+    layer                                  flax     here    torch   here: fwd / dx / dK
+    enc0 Conv   (100,64,64,3)  -> 31x31x32    5.8      4.5      3.4   native / -     / native
+    enc1 Conv   (100,31,31,32) -> 14x14x64   41.0     13.3     16.4   native / phase / native
+    enc2 Conv   (100,14,14,64) -> 6x6x128    12.0      7.2     10.3   native / phase / native
+    enc3 Conv   (100,6,6,128)  -> 2x2x256    83.5      4.2      9.5   native / phase / native
+    dec0 ConvT  (100,1,1,1024) -> 5x5x128    14.3      6.7     33.1   dense matmul (autodiff)
+    dec1 ConvT  (100,5,5,128)  -> 13x13x64  141.9      7.8     14.0   phase  / native / im2col
+    dec2 ConvT  (100,13,13,64) -> 30x30x32  481.7     27.1     26.3   phase  / native / im2col
+    dec3 ConvT  (100,30,30,32) -> 64x64x3   125.7     17.2     55.8   phase  / native / im2col
+    sum                                     905.9     88.0    168.8
 
-Whole VAE train step (Adam, batch 100), images/s: see `make bench` / the report.
+Whole VAE train step (Adam 1e-4, batch 100, one process, alternated), images/s median / best:
+flax.linen layers 98 / 101; these layers 686 / 720 (with the flag below; 401 / 429 without it);
+these layers with the batch split over 2 host devices 498 / 528; PyTorch 703 / 719. The step
+is ~145 ms of which the convolutions above are ~90: the rest is ReLU/bias/loss elementwise
+fusions, Adam, and the (C, H, W, B) transposes XLA feeds its Eigen weight-gradient convs.
+
+Formulations tried and dropped (slower here): im2col + one dot for every pass (XLA:CPU
+concatenates along the minor axis at ~1 GB/s, and un-fused stacks of > 8 slices are slow),
+space-to-depth + stride-1 convs for the strided convs, the 'scatter' transposed conv (x @ K then
+overlap-add), phase-form kernel gradients, XLA's own dilated-conv gradients, YNNPACK
+convolutions, two host devices, `--xla_cpu_multi_thread_eigen=false`, glibc malloc tuning.
 
 XLA flags: by default XLA:CPU (jaxlib 0.10) hands strided VALID convolutions to YNNPACK, which
 is 1.5-7x slower than Eigen for these shapes. Run with
