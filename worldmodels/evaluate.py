@@ -18,6 +18,7 @@ import numpy as np
 from worldmodels.config import EvalConfig
 from worldmodels.data.atomic import atomic_write_text
 from worldmodels.errors import ConfigError
+from worldmodels.viz.plots import plot_histogram
 
 
 def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers: int = 0,
@@ -67,8 +68,9 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
         writer.writerow([i, int(s), f"{r:.3f}", int(n)])
     atomic_write_text(out / "scores.csv", buffer.getvalue())
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    save_histogram(out / "histogram.png", returns, f"{agent.name}: {summary['mean']:.1f} ± "
-                   f"{summary['std']:.1f} over {cfg.episodes} episodes of {env_id}")
+    plot_histogram(out / "histogram.png", returns, f"{agent.name}: {summary['mean']:.1f} ± "
+                   f"{summary['std']:.1f} over {cfg.episodes} episodes of {env_id}",
+                   xlabel="episode return", marks={"solved (900)": 900.0})
     if cfg.videos:
         from worldmodels.viz.images import save_video
 
@@ -79,24 +81,3 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
                                           "replayed_return": replay["return"]}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def save_histogram(path: Path, returns: np.ndarray, title: str) -> None:
-    from worldmodels.viz.plots import _figure
-
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.hist(returns, bins=min(30, max(5, len(returns) // 3)), color="tab:blue", alpha=0.8)
-    ax.axvline(returns.mean(), color="k", ls="--", label=f"mean {returns.mean():.1f}")
-    ax.axvline(900, color="tab:green", ls=":", label="solved (900)")
-    ax.set_xlabel("episode return")
-    ax.set_ylabel("episodes")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    from worldmodels.data.atomic import atomic_write_bytes
-
-    atomic_write_bytes(path, buffer.getvalue())

@@ -45,6 +45,16 @@ def list_episodes(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=episode_index)
 
 
+def holdout_split(paths: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """(train, held-out): the last `fraction` of the files by index, at least one when the
+    fraction is positive and there are two or more, never all of them."""
+    held = int(round(len(paths) * fraction))
+    if fraction > 0 and len(paths) >= 2:
+        held = max(1, held)
+    held = min(held, len(paths) - 1)
+    return paths[: len(paths) - held], paths[len(paths) - held:]
+
+
 def episode_arrays(obs, action, reward, terminated, truncated, env_id: str, seed: int,
                    policy: str) -> dict[str, np.ndarray]:
     """The arrays of one episode, with the dtypes of the format."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.data.episodes import check_episode_file, list_episodes
+from worldmodels.data.episodes import check_episode_file, holdout_split, list_episodes
 from worldmodels.errors import DataError
 
 
@@ -61,11 +61,7 @@ def split_episodes(folder: str | os.PathLike, holdout_fraction: float) -> tuple[
         raise DataError(f"no episodes in {folder}; run `make rollouts` first")
     for path in paths:
         check_episode_file(path)
-    held = int(round(len(paths) * holdout_fraction))
-    if holdout_fraction > 0 and len(paths) >= 2:
-        held = max(1, held)
-    held = min(held, len(paths) - 1)
-    return paths[: len(paths) - held], paths[len(paths) - held:]
+    return holdout_split(paths, holdout_fraction)
 
 
 class FrameStream:

@@ -24,6 +24,7 @@ import optax
 from worldmodels.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from worldmodels.config import Config, MDNRNNConfig
 from worldmodels.data.atomic import atomic_write_text
+from worldmodels.data.episodes import holdout_split
 from worldmodels.data.series import list_series, load_series
 from worldmodels.errors import CheckpointError, ConfigError, DataError
 from worldmodels.losses import binary_cross_entropy_with_logits, masked_mean, mdn_log_likelihood
@@ -232,9 +233,7 @@ def split_series(folder: Path, holdout_fraction: float) -> tuple[list[Path], lis
     paths = list_series(folder)
     if not paths:
         raise DataError(f"no series in {folder}; run `make series` first")
-    held = min(max(1, int(round(len(paths) * holdout_fraction))) if len(paths) >= 2 else 0,
-               len(paths) - 1)
-    return paths[: len(paths) - held], paths[len(paths) - held:]
+    return holdout_split(paths, holdout_fraction)
 
 
 def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,

@@ -19,6 +19,36 @@ def _figure():
     return plt
 
 
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Lay out, write as PNG atomically, and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_histogram(path: str | os.PathLike, values, title: str, xlabel: str,
+                   marks: dict[str, float] | None = None) -> None:
+    """A histogram with its mean and optional named vertical marks; saved as PNG."""
+    import numpy as np
+
+    plt = _figure()
+    values = np.asarray(values)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="tab:blue", alpha=0.8)
+    ax.axvline(values.mean(), color="k", ls="--", label=f"mean {values.mean():.1f}")
+    for label, x in (marks or {}).items():
+        ax.axvline(x, color="tab:green", ls=":", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    save_figure(fig, path)
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, float]]:
     with open(path) as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
@@ -42,11 +72,7 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[dict[str, float]], x: st
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def plot_series(path: str | os.PathLike, lines: dict[str, Sequence[float]], xlabel: str = "",
@@ -61,8 +87,4 @@ def plot_series(path: str | os.PathLike, lines: dict[str, Sequence[float]], xlab
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
