@@ -153,6 +153,10 @@ class ControllerConfig:
     generations: int = 100
     max_steps: int = 1000
     """Episode cap in the real environment."""
+    stall_steps: int = 0
+    """Training only (never evaluation): end a real-env episode after this many steps without
+    a positive reward (the car has left the road or stopped), keeping the return so far.
+    Saves most of the steps bad candidates would waste; 0 = full episodes as in the paper."""
     dream_max_steps: int = 1000
     """Episode cap in the dream."""
     temperature: float = 1.0

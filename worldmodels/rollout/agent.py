@@ -137,10 +137,11 @@ def _cached_world(world_id: str, payload: dict[str, Any]) -> tuple[WorldModel, A
 
 
 def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[int], env_id: str,
-                 max_steps: int, record: int | None = None) -> dict[str, np.ndarray]:
+                 max_steps: int, record: int | None = None, stall_steps: int = 0) -> dict[str, np.ndarray]:
     """Run len(seeds) episodes at once, episode i with controller i, one batched agent call
     per time step. Returns returns (n,), steps (n,), env steps/s, and with `record` = i the
-    raw observations of episode i ("frames", (T+1, 96, 96, 3))."""
+    raw observations of episode i ("frames", (T+1, 96, 96, 3)). `stall_steps` > 0 ends an
+    episode after that many steps in a row without a positive reward (training only)."""
     module = get_env_module(world.config.env.name)
     size = world.config.env.frame_size
     n = len(seeds)
@@ -152,6 +153,7 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
         h = c = jnp.zeros((n, world.module.hidden), jnp.float32)
         returns, steps = np.zeros(n), np.zeros(n, np.int64)
         alive = np.ones(n, bool)
+        since_reward = np.zeros(n, np.int64)
         recorded = [obs[record]] if record is not None else None
         start = time.perf_counter()
         for _ in range(max_steps):
@@ -164,7 +166,8 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
                 frames[i] = module.preprocess_frame(o, size)
                 if i == record:
                     recorded.append(o)
-                if terminated or truncated:
+                since_reward[i] = 0 if r > 0 else since_reward[i] + 1
+                if terminated or truncated or (stall_steps and since_reward[i] >= stall_steps):
                     alive[i] = False
             if not alive.any():
                 break
@@ -179,11 +182,12 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
 
 
 def episodes_task(world_id: str, payload: dict[str, Any], flat_controllers: np.ndarray,
-                  seeds: list[int], env_id: str, max_steps: int, record: int | None = None) -> dict[str, np.ndarray]:
+                  seeds: list[int], env_id: str, max_steps: int, record: int | None = None,
+                  stall_steps: int = 0) -> dict[str, np.ndarray]:
     """A Ray task body: episodes for flat controller vectors (n, D) on `seeds`."""
     from jax.flatten_util import ravel_pytree
 
     world, step = _cached_world(world_id, payload)
     _, unravel = ravel_pytree(world.controller_template())
     controllers = [unravel(jnp.asarray(v, jnp.float32)) for v in flat_controllers]
-    return run_episodes(world, step, controllers, seeds, env_id, max_steps, record=record)
+    return run_episodes(world, step, controllers, seeds, env_id, max_steps, record=record, stall_steps=stall_steps)

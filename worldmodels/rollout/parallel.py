@@ -68,8 +68,9 @@ class ParallelEpisodes:
         return {"frames": result["frames"], "return": float(result["returns"][position])}
 
     def run(self, flat_controllers: np.ndarray, seeds: np.ndarray, env_id: str, max_steps: int,
-            on_task_done: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-        """Episode j: controller `flat_controllers[j]` on env seed `seeds[j]`.
+            on_task_done: Callable[[int], None] | None = None, stall_steps: int = 0) -> dict[str, np.ndarray]:
+        """Episode j: controller `flat_controllers[j]` on env seed `seeds[j]` (`stall_steps`: see
+        `run_episodes`).
         Returns returns (J,), steps (J,) and the env steps/s of the whole call."""
         ray = self.ray
         jobs = len(seeds)
@@ -87,7 +88,7 @@ class ParallelEpisodes:
                                        f"{self.max_attempts} times; see the Ray logs")
             idx = chunks[c]
             ref = self.task.remote(self.world_id, self.payload, flat_controllers[idx],
-                                   [int(s) for s in seeds[idx]], env_id, max_steps)
+                                   [int(s) for s in seeds[idx]], env_id, max_steps, None, stall_steps)
             running[ref] = (c, time.perf_counter())
 
         while queue or running:

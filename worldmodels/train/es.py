@@ -124,12 +124,14 @@ class RealScorer:
         cfg = config.controller
         self.episodes = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
         self.env_id, self.max_steps, self.rollouts = config.env.train_id, cfg.max_steps, cfg.rollouts
+        self.stall_steps = cfg.stall_steps
 
     def __call__(self, solutions: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         population = len(solutions)
         seeds = TRAIN_SEED_BASE + generation * self.rollouts + np.arange(self.rollouts)
         flat = np.repeat(solutions, self.rollouts, axis=0)
-        result = self.episodes.run(flat, np.tile(seeds, population), self.env_id, self.max_steps)
+        result = self.episodes.run(flat, np.tile(seeds, population), self.env_id, self.max_steps,
+                                   stall_steps=self.stall_steps)
         return result["returns"].reshape(population, self.rollouts).mean(axis=1), result["env_steps_per_s"]
 
 
