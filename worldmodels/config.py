@@ -67,6 +67,22 @@ class VisionConfig:
     """KL per image is floored at kl_tolerance * latent_dim (the original code)."""
     kl_weight: float = 1.0
     """Weight of the KL term (beta); 1 is the paper's VAE."""
+    reconstruction: str = "mse"
+    """Other generative models ('ae', 'beta-vae', 'perceptual-vae', 'combined-vae',
+    'two-decoder-vae'): 'mse' = summed squared error, 'bce' = summed binary cross-entropy."""
+    reconstruction_weight: float = 1.0
+    """'perceptual-vae' / 'combined-vae': weight of the reconstruction term (0 = perceptual
+    loss alone; needs a classifier, so not as V)."""
+    perceptual_weight: float = 1.0
+    """'perceptual-vae' / 'combined-vae': weight of the perceptual term (squared error between
+    the 1st and 2nd conv activations of a classifier for input and reconstruction)."""
+    combined_pretrain_steps: int = 1000
+    """'combined-vae' as V (no labels): steps the whole VAE trains before its conv layers are
+    frozen (reconstruction stands in for the classifier's training)."""
+    critic_steps: int = 5
+    """'wgan-gp': critic updates per generator update."""
+    gradient_penalty: float = 10.0
+    """'wgan-gp': weight of the gradient penalty."""
     learning_rate: float = 1e-4
     batch_size: int = 100
     epochs: int = 10

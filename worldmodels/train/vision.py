@@ -49,6 +49,9 @@ def init_state(model: VisionModel, tx: optax.GradientTransformation, key: jax.Ar
 
 def make_train_step(model: VisionModel, tx: optax.GradientTransformation) -> Callable:
     """(state, uint8 frames (B, S, S, 3), key) -> (state, metrics). Not jitted."""
+    custom = getattr(model, "make_train_step", None)
+    if custom is not None:  # models with frozen layers or phases bring their own step
+        return custom(tx)
 
     def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
         frames = batch.astype(jnp.float32) / 255.0

@@ -67,3 +67,12 @@ def get_vision_model(config: VisionConfig) -> VisionModel:
 
 def _load_builtin_models() -> None:
     from worldmodels.models.vision import vae  # noqa: F401
+
+    if "ae" in _REGISTRY:
+        return
+    from worldmodels.models.vision.generative import as_vision_model, build_generative, generative_model_names
+
+    # The other generative models (autoencoder, VAE variants, two-decoder VAE, GANs) as V at
+    # 64x64x3; a GAN has no encoder and says so when it is picked.
+    for name in generative_model_names():
+        register_vision_model(name)(lambda cfg, name=name: as_vision_model(build_generative(name, cfg)))
