@@ -138,11 +138,12 @@ def test_dream_batches_with_vmap_and_freezes_finished_episodes():
 def test_lstm_custom_backward_equals_autodiff_of_the_scan():
     from worldmodels.models.mdnrnn import _lstm_scan, lstm_sequence
 
-    k = jax.random.split(jax.random.key(0), 6)
-    T, B, H = 7, 3, 5
+    k = jax.random.split(jax.random.key(0), 8)
+    T, B, D, H = 7, 3, 4, 5
+    w_x = jax.random.normal(k[6], (D, 4 * H)) * 0.5
     w = jax.random.normal(k[0], (H, 4 * H)) * 0.5
     b = jax.random.normal(k[1], (4 * H,)) * 0.1
-    xp = jax.random.normal(k[2], (T, B, 4 * H))
+    x = jax.random.normal(k[2], (T, B, D))
     h0, c0 = jax.random.normal(k[3], (B, H)), jax.random.normal(k[4], (B, H))
     weights = jax.random.normal(k[5], (T, B, H))
 
@@ -152,8 +153,9 @@ def test_lstm_custom_backward_equals_autodiff_of_the_scan():
             return jnp.sum(hs * weights) + jnp.sum(h ** 2) + jnp.sum(jnp.sin(c))
         return value
 
-    np.testing.assert_allclose(lstm_sequence(w, b, xp, h0, c0)[0], _lstm_scan(w, b, xp, h0, c0)[0])
-    fast = jax.jit(jax.grad(loss(lstm_sequence), argnums=(0, 1, 2, 3, 4)))(w, b, xp, h0, c0)
-    plain = jax.grad(loss(_lstm_scan), argnums=(0, 1, 2, 3, 4))(w, b, xp, h0, c0)
+    args = (w_x, w, b, x, h0, c0)
+    np.testing.assert_allclose(lstm_sequence(*args)[0], _lstm_scan(*args)[0], rtol=1e-6, atol=1e-6)
+    fast = jax.jit(jax.grad(loss(lstm_sequence), argnums=tuple(range(6))))(*args)
+    plain = jax.grad(loss(_lstm_scan), argnums=tuple(range(6)))(*args)
     for a, r in zip(fast, plain, strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)

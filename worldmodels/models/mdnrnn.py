@@ -38,43 +38,50 @@ def lstm_cell(w_x, w_h, b, state: LSTMState, x_proj: jax.Array) -> LSTMState:
     return LSTMState(h, c)
 
 
-def _lstm_scan(w_h, b, x_proj, h0, c0):
-    """Plain LSTM over time: x_proj (T, B, 4H) -> hs (T, B, H), final (h, c). The reference."""
+def _lstm_scan(w_x, w_h, b, x, h0, c0):
+    """Plain LSTM over time: x (T, B, I) -> hs (T, B, H), final (h, c). The reference."""
 
-    def body(carry, xp):
-        state = lstm_cell(None, w_h, b, LSTMState(*carry), xp)
+    def body(carry, x_t):
+        state = lstm_cell(w_x, w_h, b, LSTMState(*carry), x_t @ w_x)
         return (state.h, state.c), state.h
 
-    (h, c), hs = jax.lax.scan(body, (h0, c0), x_proj)
+    (h, c), hs = jax.lax.scan(body, (h0, c0), x)
     return hs, (h, c)
 
 
 @jax.custom_vjp
-def lstm_sequence(w_h, b, x_proj, h0, c0):
-    """`_lstm_scan` with a hand-written backward pass: the reverse scan only carries dh, dc
-    and the per-step gate gradients; the weight gradient dW_h is then ONE (T·B, H)ᵀ(T·B, 4H)
-    matmul instead of T small ones accumulated inside the loop (what autodiff of the scan
-    does), which XLA:CPU runs far more efficiently. Same math; a test pins it to autodiff."""
-    return _lstm_scan(w_h, b, x_proj, h0, c0)
+def lstm_sequence(w_x, w_h, b, x, h0, c0):
+    """`_lstm_scan`, arranged for XLA:CPU's memory bandwidth rather than its FLOPs.
+
+    Forward: each step is ONE dot [x_t, h] @ [W_x; W_h] (no (T, B, 4H) input projection is
+    ever written to memory and read back); the residuals are [x_t, h_{t-1}], c_{t-1} and the
+    gate activations. Backward: the reverse scan carries dh, dc and emits the gate gradients;
+    the weight gradients are then ONE (T·B, I+H)ᵀ(T·B, 4H) matmul for W_x and W_h together,
+    instead of T small ones accumulated inside the loop (what autodiff of the scan does).
+    Same math; a test pins values and gradients to autodiff of `_lstm_scan`."""
+    return _lstm_scan(w_x, w_h, b, x, h0, c0)
 
 
-def _lstm_sequence_fwd(w_h, b, x_proj, h0, c0):
-    def body(carry, xp):
+def _lstm_sequence_fwd(w_x, w_h, b, x, h0, c0):
+    w = jnp.concatenate([w_x, w_h], axis=0)  # (I+H, 4H)
+
+    def body(carry, x_t):
         h, c = carry
-        gates = xp + h @ w_h + b
+        xh = jnp.concatenate([x_t, h], axis=-1)
+        gates = xh @ w + b
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c_new = f * c + i * g
         tanh_c = jnp.tanh(c_new)
         h_new = o * tanh_c
-        return (h_new, c_new), (h_new, h, c, jnp.concatenate([i, f, g, o], -1), tanh_c)
+        return (h_new, c_new), (h_new, xh, c, jnp.concatenate([i, f, g, o], -1), tanh_c)
 
-    (h, c), (hs, h_prev, c_prev, acts, tanh_c) = jax.lax.scan(body, (h0, c0), x_proj)
-    return (hs, (h, c)), (w_h, h_prev, c_prev, acts, tanh_c)
+    (h, c), (hs, xh, c_prev, acts, tanh_c) = jax.lax.scan(body, (h0, c0), x)
+    return (hs, (h, c)), (w_x, w_h, xh, c_prev, acts, tanh_c)
 
 
 def _lstm_sequence_bwd(res, grads):
-    w_h, h_prev, c_prev, acts, tanh_c = res
+    w_x, w_h, xh, c_prev, acts, tanh_c = res
     d_hs, (d_h_last, d_c_last) = grads
 
     def body(carry, inputs):
@@ -89,10 +96,11 @@ def _lstm_sequence_bwd(res, grads):
 
     (d_h0, d_c0), d_gates = jax.lax.scan(body, (d_h_last, d_c_last), (d_hs, c_prev, acts, tanh_c),
                                          reverse=True)
-    H4 = d_gates.shape[-1]
-    d_w_h = h_prev.reshape(-1, h_prev.shape[-1]).T @ d_gates.reshape(-1, H4)
-    d_b = d_gates.reshape(-1, H4).sum(0)
-    return d_w_h, d_b, d_gates, d_h0, d_c0
+    flat = d_gates.reshape(-1, d_gates.shape[-1])
+    d_w = xh.reshape(-1, xh.shape[-1]).T @ flat
+    n_in = w_x.shape[0]
+    d_x = d_gates @ w_x.T  # dropped by XLA when x needs no gradient (training data)
+    return d_w[:n_in], d_w[n_in:], flat.sum(0), d_x, d_h0, d_c0
 
 
 lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
@@ -145,13 +153,17 @@ class MDNRNN(nn.Module):
         done = extra[..., -1] if self.done_head else zeros - 30.0
         return MDNOutput(logit_pi, mu, log_sigma, reward, done)
 
-    def __call__(self, x: jax.Array, state: LSTMState | None = None):
-        """Sequence: x (B, T, I) -> (final state, MDNOutput with (B, T, ...), hiddens (B, T, H))."""
+    def __call__(self, x: jax.Array, state: LSTMState | None = None, time_major: bool = False):
+        """Sequence: x (B, T, I) -> (final state, MDNOutput with (B, T, ...), hiddens (B, T, H)).
+        With `time_major`, x is (T, B, I) and every output is (T, B, ...): no transposes of the
+        hidden states and their gradients (training uses this layout)."""
+        if not time_major:
+            x = jnp.swapaxes(x, 0, 1)
         if state is None:
-            state = self.initial_state(x.shape[:1])
-        x_proj = jnp.swapaxes(x @ self.w_x, 0, 1)  # (T, B, 4H): one matmul for all steps
-        hs, (h, c) = lstm_sequence(self.w_h, self.b, x_proj, state.h, state.c)
-        hs = jnp.swapaxes(hs, 0, 1)
+            state = self.initial_state(x.shape[1:2])
+        hs, (h, c) = lstm_sequence(self.w_x, self.w_h, self.b, x, state.h, state.c)
+        if not time_major:
+            hs = jnp.swapaxes(hs, 0, 1)
         return LSTMState(h, c), self.mdn(hs), hs
 
     def step(self, state: LSTMState, x: jax.Array):

@@ -96,19 +96,26 @@ def make_module(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> MDNRNN:
                   done_head=cfg.done_head, min_log_sigma=cfg.min_log_sigma, max_log_sigma=cfg.max_log_sigma)
 
 
-def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, key: jax.Array | None):
-    """Windows starting at `starts` (B,): inputs and targets (B, L, ...); z sampled from
+def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, key: jax.Array | None,
+                 time_major: bool = False):
+    """Windows starting at `starts` (B,): inputs and targets (B, L, ...), or (L, B, ...) with
+    `time_major` (the gather writes either layout at the same cost); z sampled from
     N(mu, exp(logvar)) with `key`, or z = mu when key is None."""
     idx = starts[:, None] + jnp.arange(seq_len + 1)[None]  # (B, L+1)
     end = data["episode_end"][starts][:, None]
     has_next = idx <= end
     idx = jnp.minimum(idx, end)
+    if time_major:
+        idx, has_next = idx.T, has_next.T  # (L+1, B)
     mu, logvar = data["mu"][idx], data["logvar"][idx]
     z = mu if key is None else mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape)
-    now = idx[:, :seq_len]
+    t = (slice(None, seq_len), slice(1, None))
+    if not time_major:
+        t = tuple((slice(None), s) for s in t)
+    now = idx[t[0]]
     prev = jnp.where(now == data["episode_start"][now], 0.0, data["reward"][jnp.maximum(now - 1, 0)])
     return {
-        "z": z[:, :seq_len], "z_next": z[:, 1:], "z_mask": has_next[:, 1:],
+        "z": z[t[0]], "z_next": z[t[1]], "z_mask": has_next[t[1]],
         "action": data["action"][now], "prev_reward": prev,
         "reward": data["reward"][now], "done": data["done"][now],
     }
@@ -121,10 +128,13 @@ def reward_target(cfg: MDNRNNConfig, reward: jax.Array, done: jax.Array) -> jax.
     return reward
 
 
-def make_loss(module: MDNRNN, cfg: MDNRNNConfig) -> Callable:
+def make_loss(module: MDNRNN, cfg: MDNRNNConfig, time_major: bool = True) -> Callable:
+    """(params, batch) -> (loss, metrics); every term is a mean, so either layout of the batch
+    gives the same value (time-major, the default, avoids transposing the wide tensors)."""
+
     def loss_fn(params, batch):
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
-        _, out, _ = module.apply({"params": params}, x)
+        _, out, _ = module.apply({"params": params}, x, time_major=time_major)
         ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
         z_nll = -masked_mean(ll, batch["z_mask"])
         target = reward_target(cfg, batch["reward"], batch["done"])
@@ -151,7 +161,7 @@ def make_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientTransfo
     loss_fn = make_loss(module, cfg)
 
     def train_step(state: TrainState, data, starts, key):
-        batch = gather_batch(data, starts, cfg.seq_len, key)
+        batch = gather_batch(data, starts, cfg.seq_len, key, time_major=True)
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
