@@ -277,8 +277,8 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     meta = mdnrnn_meta(cfg, data.latent_dim, data.action_dim)
 
     def checkpoint():
+        log.write()  # before the checkpoint, as in train_vision: a kill between loses no rows
         save_checkpoint(ckpt_path, jax.device_get(state), {**meta, "step": step})
-        log.write()
 
     bar = None
     if progress and step < cfg.steps:

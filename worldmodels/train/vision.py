@@ -154,9 +154,11 @@ def train_vision(config: Config, run: str | Path, progress: bool = True,
 
     def checkpoint(epoch_: int, batch_: int) -> None:
         host_state = jax.device_get(state)
+        # Metrics first: a kill between the two leaves rows past the checkpoint, which the
+        # resumed run drops; the other order would lose the rows since the last write.
+        log.write()
         save_checkpoint(ckpt_path, host_state, {**vision_meta(cfg), "epoch": epoch_, "batch": batch_,
                                                 "step": int(host_state.step)})
-        log.write()
 
     bar = None
     if progress and step < total_steps:
