@@ -27,10 +27,12 @@ def main(argv: Sequence[str] | None = None) -> str:
         parser.add_argument("--workers", type=int, default=0, help="Ray workers (0 = all CPUs)")
 
     config, args = parse_stage_args(__doc__, argv, extra=extra)
+    from worldmodels.data.atomic import remove_stale_temporaries
     from worldmodels.evaluate import evaluate_agent
 
     agent = Path(args.agent or args.run)
     out = Path(args.out) if args.out else default_out(agent)
+    remove_stale_temporaries(out)  # left by a killed run; never read
     summary = evaluate_agent(agent, config.eval, out, workers=args.workers)
     print(f"evaluate: {summary['mean']:.1f} ± {summary['std']:.1f} over {summary['episodes']} episodes "
           f"of {summary['env_id']} (seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1}) "

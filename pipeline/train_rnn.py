@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from pipeline._cli import main_wrapper, parse_stage_args
+from worldmodels.data.atomic import remove_stale_temporaries
 from worldmodels.run_dir import prepare_stage_dir
 
 FREE_FIELDS = ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "mdnrnn.temperature")
@@ -15,7 +16,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     config, args = parse_stage_args(__doc__, argv)
     from worldmodels.train.mdnrnn import train_mdnrnn
 
-    prepare_stage_dir(args.run, "mdnrnn", config, sections=("mdnrnn",), free_fields=FREE_FIELDS)
+    folder = prepare_stage_dir(args.run, "mdnrnn", config, sections=("mdnrnn",), free_fields=FREE_FIELDS)
+    remove_stale_temporaries(folder)  # left by a killed run; never read
     summary = train_mdnrnn(config, args.run)
     print("train-rnn: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                       for k, v in summary.items()}))

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from pipeline._cli import configure_host_devices, main_wrapper, parse_stage_args
+from worldmodels.data.atomic import remove_stale_temporaries
 from worldmodels.run_dir import prepare_stage_dir
 
 FREE_FIELDS = ("vision.epochs", "vision.max_steps", "vision.devices", "vision.layers",
@@ -17,7 +18,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     configure_host_devices(config.vision.devices)
     from worldmodels.train.vision import train_vision
 
-    prepare_stage_dir(args.run, "vision", config, sections=("env", "vision"), free_fields=FREE_FIELDS)
+    folder = prepare_stage_dir(args.run, "vision", config, sections=("env", "vision"), free_fields=FREE_FIELDS)
+    remove_stale_temporaries(folder)  # left by a killed run; never read
     summary = train_vision(config, args.run)
     print("train-vae: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                       for k, v in summary.items()}))
