@@ -16,7 +16,7 @@ SEED    ?=
 EVAL_ARGS = $(if $(EPISODES),--eval.episodes $(EPISODES)) $(if $(SEED),--eval.seed $(SEED))
 STAGE   = $(PY) -m pipeline
 
-.PHONY: all rollouts train-vae series train-rnn train-controller evaluate report test bench lint clean-venv
+.PHONY: all rollouts train-vae series train-rnn train-controller evaluate report export-agent test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ evaluate: $(STAMP)
 
 report: $(STAMP)
 	$(STAGE).report --config $(CONFIG) --run $(RUN)
+
+# Pack RUN's V, M (float16) and best C as a self-contained agent: make export-agent RUN=runs/x AGENT=agents/x
+export-agent: $(STAMP)
+	$(STAGE).export_agent --config $(CONFIG) --run $(RUN) --agent $(AGENT) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check worldmodels pipeline scripts tests

@@ -8,6 +8,8 @@ import signal
 import threading
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -73,6 +75,42 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
     run_stage("report", "--config", "tiny", "--run", str(straight))
     report = (straight / "report.md").read_text()
     assert "## 5. Evaluation" in report and "## 4. C (controller)" in report
+
+    # Shipping: the exported agent (V and M as float16) loads as float32 and evaluates alone.
+    agent = tmp_path / "agents" / "tiny"
+    run_stage("export_agent", "--config", "tiny", "--run", str(straight), "--agent", str(agent))
+    again = run_stage("export_agent", "--config", "tiny", "--run", str(straight), "--agent", str(agent),
+                      check=False)
+    assert again.returncode == 2 and "already holds an agent" in again.stderr
+    assert sorted(p.name for p in agent.iterdir()) == ["agent.json", "config.json", "controller", "mdnrnn", "vision"]
+    from worldmodels.rollout.agent import load_world_model
+
+    shipped, trained = load_world_model(agent), load_world_model(straight)
+    for a, b in zip(jax.tree.leaves(shipped.vision_params), jax.tree.leaves(trained.vision_params), strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # float16 rounding only
+    run_stage("evaluate", "--config", "tiny", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"))
+    assert json.loads((tmp_path / "agent_eval" / "summary.json").read_text())["episodes"] == 2
+    incomplete = copy_run(tiny_world, tmp_path / "incomplete")
+    result = run_stage("export_agent", "--config", "tiny", "--run", str(incomplete), "--agent",
+                       str(tmp_path / "nope"), check=False)
+    assert result.returncode == 2 and "controller/best.msgpack" in result.stderr
+    assert not (tmp_path / "nope").exists()
+
+
+def test_stall_steps_end_an_episode_without_reward(tiny_world):
+    from worldmodels.config import get_config
+    from worldmodels.rollout.agent import load_world_model, make_agent_step, run_episodes
+
+    world = load_world_model(tiny_world, get_config("tiny"))
+    step = make_agent_step(world)
+    parked = jax.tree.map(jnp.zeros_like, world.controller_template())
+    parked["b"] = jnp.asarray([0.0, -20.0, 20.0])  # no gas, full brake: the car never reaches a tile
+    full = run_episodes(world, step, [parked], [3], "FastCarRacing-v3", max_steps=60)
+    cut = run_episodes(world, step, [parked], [3], "FastCarRacing-v3", max_steps=60, stall_steps=10)
+    # The first step touches the start tile (a positive reward); then 10 steps of -0.1 end it.
+    assert full["steps"][0] == 60 and cut["steps"][0] == 11
+    assert full["returns"][0] - cut["returns"][0] == pytest.approx(-0.1 * 49, abs=1e-6)
 
 
 def test_real_env_training(tmp_path, tiny_world):

@@ -28,7 +28,11 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict[str, Any]]:
-    """Restore `path` into a tree shaped like `target`; returns (tree, meta)."""
+    """Restore `path` into a tree shaped like `target`; returns (tree, meta). Leaves take the
+    target's dtype, so a float16 export (a shipped agent) computes in float32 like training."""
+    import jax
+    import numpy as np
+
     state, meta = _read(path)
     try:
         tree = serialization.from_state_dict(target, state)
@@ -36,7 +40,25 @@ def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict[str
         raise CheckpointError(f"checkpoint {path} does not fit this model ({exc}); "
                               "it was made with another architecture") from None
     _check_shapes(target, tree, path)
-    return tree, meta
+    cast = lambda t, a: np.asarray(a, t.dtype) if hasattr(t, "dtype") and hasattr(a, "dtype") else a
+    return jax.tree.map(cast, target, tree), meta
+
+
+def cast_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, dtype: str) -> None:
+    """Copy a checkpoint, storing its floating-point arrays as `dtype` (meta kept)."""
+    import numpy as np
+
+    state, meta = _read(source)
+
+    def cast(node):
+        if isinstance(node, dict):
+            return {k: cast(v) for k, v in node.items()}
+        if isinstance(node, np.ndarray) and np.issubdtype(node.dtype, np.floating):
+            return node.astype(dtype)
+        return node
+
+    payload = {"state": cast(state), "meta": json.dumps(meta, sort_keys=True)}
+    atomic_write_bytes(dest, serialization.msgpack_serialize(payload))
 
 
 def _read(path: str | os.PathLike) -> tuple[dict, dict]:
