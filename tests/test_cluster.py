@@ -199,3 +199,27 @@ def test_evaluation_on_the_cluster_scores_like_a_local_run(cluster, tmp_path, tm
                   env=cluster.env())
     assert watcher.nodes, "no evaluation episode ran on the cluster"  # 2 episodes make one task: one node
     assert (tmp_path / "eval" / "scores.csv").read_text() == (reference / "eval" / "scores.csv").read_text()
+
+
+def test_the_local_cluster_is_not_the_machine_default(cluster):
+    """A plain `ray.init()` elsewhere on the machine must not join the test cluster: the helper
+    keeps Ray's "last cluster" address file in its own RAY_TMPDIR."""
+    from ray._private.utils import read_ray_address
+
+    assert read_ray_address() != cluster.address
+
+
+def test_cluster_yaml_passes_the_launcher_checks():
+    """scripts/cluster.yaml as `ray up` reads it: Ray's schema with defaults filled in, a head
+    and autoscaling CPU workers, every node installing this project and starting Ray from it."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((ROOT / "scripts" / "cluster.yaml").read_text()))
+    validate_config(config)
+    workers = config["available_node_types"]["cpu_worker"]
+    assert config["head_node_type"] == "head" and workers["max_workers"] > workers["min_workers"]
+    assert any("make .venv/.installed" in c for c in config["setup_commands"])
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        assert ".venv/bin/ray " in command
+    assert {".venv", "runs"} <= set(config["rsync_exclude"])
