@@ -14,6 +14,8 @@ AGENT   ?= $(RUN)
 EPISODES ?=
 SEED    ?=
 EVAL_ARGS = $(if $(EPISODES),--eval.episodes $(EPISODES)) $(if $(SEED),--eval.seed $(SEED))
+DATA    ?=
+DATA_ARGS = $(if $(DATA),--data $(DATA))
 STAGE   = $(PY) -m pipeline
 
 .PHONY: all rollouts train-vae series train-rnn train-controller evaluate report export-agent test bench lint clean-venv
@@ -58,6 +60,17 @@ report: $(STAMP)
 # Pack RUN's V, M (float16) and best C as a self-contained agent: make export-agent RUN=runs/x AGENT=agents/x
 export-agent: $(STAMP)
 	$(STAGE).export_agent --config $(CONFIG) --run $(RUN) --agent $(AGENT) $(ARGS)
+
+# The experiments on the other generative models (SEEDS.md sections 3-5); DATA= MNIST-format files.
+.PHONY: knowledge-sharing distillation vae-pictures
+knowledge-sharing: $(STAMP)
+	$(STAGE).knowledge_sharing --config $(CONFIG) --run $(RUN) $(DATA_ARGS) $(ARGS)
+
+distillation: $(STAMP)
+	$(STAGE).distillation --config $(CONFIG) --run $(RUN) $(DATA_ARGS) $(ARGS)
+
+vae-pictures: $(STAMP)
+	$(STAGE).vae_pictures --config $(CONFIG) --run $(RUN) $(DATA_ARGS) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check worldmodels pipeline scripts tests

@@ -200,6 +200,76 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SharingConfig:
+    """`make knowledge-sharing`: two networks, each trained on half the classes, share what they
+    learned through generative models (SEEDS.md section 3); also `make vae-pictures`."""
+
+    data: str = ""
+    """'' = scikit-learn's bundled digits; else MNIST/FashionMNIST IDX files (a folder or one of
+    the files, optionally .gz) or a Keras mnist.npz. Never downloaded."""
+    image_size: int = 16
+    """Side the 8x8 digits are resized to (bilinear); MNIST-format files keep their own size."""
+    seeds: int = 10
+    """Repetitions (class split, initialisations, samples); tables give mean +- std over them."""
+    seed: int = 0
+    split: tuple[int, ...] = ()
+    """Classes of the first network (the second gets the rest); () = a random half per seed."""
+    channels: tuple[int, ...] = (16, 32, 32, 32)
+    """Filters of the 4 conv layers (kernel 3, strides 1/2/2/1) of classifiers, encoders and,
+    mirrored, decoders."""
+    latent_dim: int = 16
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    classifier_epochs: int = 30
+    vae_epochs: int = 60
+    finetune_epochs: int = 10
+    finetune_learning_rate: float = 5e-4
+    samples_per_class: int = 300
+    """Images each generative model generates per class of its half (the source: 5,000)."""
+    selection_threshold: float = 0.9
+    """Best-sample selection keeps generated images whose top class probability exceeds this."""
+    reconstruction: str = "bce"
+    """'mse' or 'bce' (summed per image)."""
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`make distillation`: a teacher on a Big split guides a student on a Small split through a
+    mapping phi between domains (SEEDS.md section 4)."""
+
+    data: str = ""
+    """Domain of experiments 1-3 and the student's domain of experiment 4: '' = scikit-learn
+    digits, else MNIST-format files (FashionMNIST in the source)."""
+    teacher_data: str = ""
+    """Teacher domain of experiment 4 (MNIST in the source); '' = a transformed copy of the
+    student's domain (each image rotated 90 degrees and its intensities inverted)."""
+    image_size: int = 16
+    small_size: int = 100
+    """Images in the Small split (the student's); the rest of train is Big (the teacher's)."""
+    seeds: int = 3
+    """Student runs per arm (curves are the mean over them)."""
+    seed: int = 0
+    channels: tuple[int, ...] = (16, 32, 32, 32)
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    teacher_epochs: int = 20
+    student_epochs: int = 40
+    temperature: float = 1.0
+    """T in f = softmax(v / T) and g = softmax(z / T)."""
+    weight: float = 1.0
+    """lambda, the weight of the distillation term."""
+    noise_std: float = 0.1
+    """phi of experiment 2: Gaussian noise N(0, noise_std) on the teacher's inputs."""
+    vae_latent_dim: int = 16
+    vae_epochs: int = 200
+    """Epochs of the two-decoder VAE (phi of experiment 4) over the Small split's pairs."""
+    experiments: tuple[str, ...] = ("identity", "noise", "dilated", "two-decoder")
+    """Which phi to run."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one run needs, stage by stage."""
 
@@ -211,6 +281,8 @@ class Config:
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,6 +311,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "controller": {"population": 6, "rollouts": 2, "generations": 2, "max_steps": 40,
                        "dream_max_steps": 40, "eval_every": 1, "eval_episodes": 2, "workers": 2},
         "eval": {"episodes": 2, "max_steps": 40},
+        "sharing": {"image_size": 8, "seeds": 2, "channels": (4, 8, 8, 8), "latent_dim": 4, "classifier_epochs": 2,
+                    "vae_epochs": 2, "finetune_epochs": 1, "samples_per_class": 10, "batch_size": 32},
+        "distill": {"image_size": 8, "seeds": 1, "small_size": 40, "channels": (4, 8, 8, 8), "teacher_epochs": 1,
+                    "student_epochs": 2, "vae_latent_dim": 4, "vae_epochs": 2},
     },
     # The whole pipeline in minutes on a laptop-class CPU.
     "quick": {
@@ -248,6 +324,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "controller": {"population": 16, "rollouts": 2, "generations": 16, "max_steps": 300,
                        "eval_every": 5, "eval_episodes": 4},
         "eval": {"episodes": 8, "max_steps": 1000},
+        "sharing": {"seeds": 3, "vae_epochs": 30, "classifier_epochs": 20, "samples_per_class": 200},
+        "distill": {"seeds": 2, "student_epochs": 30, "vae_epochs": 100},
     },
     # Hours on a 2-core machine.
     "default": {

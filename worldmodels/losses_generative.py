@@ -38,18 +38,14 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-def distillation_loss(student_logits: jax.Array, labels: jax.Array, teacher_probs: jax.Array | None,
-                      temperature: float, weight: float) -> tuple[jax.Array, jax.Array]:
-    """L = -sum_r [y = r] log g_r - lambda sum_r (f o phi)_r log g_r, g = softmax(z / T).
+def distillation_loss(student_logits: jax.Array, targets: jax.Array, teacher_probs: jax.Array,
+                      temperature: float, weight: float) -> jax.Array:
+    """Per example: -sum_r targets_r log g_r - weight * sum_r teacher_r log g_r, g = softmax(z / T).
 
-    `teacher_probs` is f o phi = softmax(v(phi(x)) / T) (None: no teacher). Returns
-    (mean loss, mean hard cross-entropy)."""
+    With one-hot `targets` ([y = r]) and `teacher_probs` = f o phi = softmax(v(phi(x)) / T) this is
+    the multi-domain distillation loss; zero teacher probabilities give plain (soft) cross-entropy."""
     log_g = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    hard = -jnp.take_along_axis(log_g, labels[:, None], axis=-1)[:, 0]
-    loss = hard
-    if teacher_probs is not None:
-        loss = loss - weight * jnp.sum(teacher_probs * log_g, axis=-1)
-    return jnp.mean(loss), jnp.mean(hard)
+    return -jnp.sum(targets * log_g, axis=-1) - weight * jnp.sum(teacher_probs * log_g, axis=-1)
 
 
 def gan_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:

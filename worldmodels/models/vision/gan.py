@@ -104,8 +104,10 @@ def build_gan(name: str, cfg: VisionConfig, image_shape, wasserstein: bool) -> G
 
         return train_step
 
+    jit_init = jax.jit(init)
+
     def init_state(key):
-        params = jax.jit(init)(key)
+        params = jit_init(key)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=(tx_g.init(params["generator"]), tx_c.init(params["critic"])))
 

@@ -158,8 +158,10 @@ def masked_step(loss_fn, tx: optax.GradientTransformation, frozen: Callable[[Par
 
 
 def state_initializer(init, tx):
+    jit_init = jax.jit(init)  # one compile per model, however many states it starts
+
     def init_state(key):
-        params = jax.jit(init)(key)
+        params = jit_init(key)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return init_state
