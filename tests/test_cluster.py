@@ -101,16 +101,19 @@ class NodeWatcher:
             time.sleep(0.02)
 
 
+# 8 episodes of 200 steps: long enough that every node is seen at work and a kill lands mid-run.
+ROLLOUTS = ("--rollouts.episodes", "8", "--rollouts.max_steps", "200")
 _EPISODES: dict[int, dict] = {}
 
 
 def expected_episode(index: int) -> dict[str, np.ndarray]:
-    """Episode `index` of the tiny preset, played here (it depends only on seed and index)."""
+    """Episode `index` of the tiny preset with ROLLOUTS, played here (it depends only on the
+    config, the seed and the index)."""
     if index not in _EPISODES:
         from worldmodels.config import get_config
         from worldmodels.rollout.collect import run_random_episode
 
-        config = get_config("tiny")
+        config = get_config("tiny", ROLLOUTS)
         _EPISODES[index] = run_random_episode(config.env, config.rollouts, index)
     return _EPISODES[index]
 
@@ -146,8 +149,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 def test_rollouts_run_on_every_node_and_a_killed_worker_loses_no_episode(cluster, tmp_path):
     run = tmp_path / "run"
     with NodeWatcher(cluster, "ray::EpisodeWorker.run", kill_on_worker_node=True) as watcher:
-        result = run_stage("rollouts", "--config", "tiny", "--run", str(run), "--rollouts.episodes", "8",
-                           env=cluster.env())
+        result = run_stage("rollouts", "--config", "tiny", "--run", str(run), *ROLLOUTS, env=cluster.env())
     assert sorted(watcher.nodes.values()) == [False, True], "episodes did not run on both nodes"
     assert watcher.killed, "no episode worker on the worker node was seen to kill"
     assert "8 written, 0 already there" in result.stdout  # each episode delivered once
@@ -156,7 +158,7 @@ def test_rollouts_run_on_every_node_and_a_killed_worker_loses_no_episode(cluster
 
 def test_rollouts_driver_killed_then_rerun_resumes(cluster, tmp_path):
     run = tmp_path / "run"
-    args = ("--config", "tiny", "--run", str(run), "--rollouts.episodes", "8")
+    args = ("--config", "tiny", "--run", str(run), *ROLLOUTS)
     driver = start_stage("rollouts", *args, env=cluster.env())
     kill_when(driver, lambda: len(list_episodes(run / "rollouts")) >= 2)
     kept = len(list_episodes(run / "rollouts"))
@@ -166,6 +168,7 @@ def test_rollouts_driver_killed_then_rerun_resumes(cluster, tmp_path):
     assert_expected_episodes(run / "rollouts", 8)
 
 
+@pytest.mark.slow
 def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, tmp_path, tmp_path_factory,
                                                                       tiny_world):
     """The tiny CMA-ES run on the cluster, with an episode worker of the worker node killed in
@@ -192,6 +195,7 @@ def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, t
     assert_same_tree(out / "best.msgpack", ref / "best.msgpack")
 
 
+@pytest.mark.slow
 def test_evaluation_on_the_cluster_scores_like_a_local_run(cluster, tmp_path, tmp_path_factory, tiny_world):
     reference = reference_run(tmp_path_factory, tiny_world)
     with NodeWatcher(cluster, "ray::episodes_task") as watcher:

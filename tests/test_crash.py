@@ -218,7 +218,8 @@ def compare_with_undisturbed(stage: str, run: Path, ref: Path) -> None:
         assert (run / "eval" / "best.mp4").exists() and (run / "eval" / "worst.mp4").exists()
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.slow) if s in ("train_controller", "evaluate")
+                                   else s for s in STAGES])
 def test_kill_9_mid_stage_then_rerun_gives_the_undisturbed_outputs(stage, tmp_path, tmp_path_factory, tiny_world):
     parts, out, points = STAGES[stage]
     rng = random.Random(f"{SEED}:{stage}")
