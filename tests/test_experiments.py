@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import run_stage
 from worldmodels.config import get_config
 from worldmodels.errors import DataError
 from worldmodels.experiments.data import (
@@ -164,10 +163,13 @@ def test_gradient_penalty_perceptual_bce_hand_worked():
 # the experiments through their CLI, tiny preset
 
 
-def test_knowledge_sharing_tiny_on_idx_files(tmp_path):
+def test_knowledge_sharing_tiny_on_idx_files(tmp_path, capsys):
+    """The CLI entry in-process (one compile cache for the session); the data from IDX files."""
     write_idx_folder(tmp_path / "mnist", compress=True, n_train=200, n_test=60)
     run = tmp_path / "run"
-    result = run_stage("knowledge_sharing", "--config", "tiny", "--run", str(run), "--data", str(tmp_path / "mnist"))
+    from pipeline import knowledge_sharing
+
+    knowledge_sharing.main(["--config", "tiny", "--run", str(run), "--data", str(tmp_path / "mnist")])
     out = run / "knowledge_sharing"
     for name in ("table.md", "accuracy.png", "samples.png", "results.json", "config.json"):
         assert (out / name).exists(), name
@@ -180,13 +182,15 @@ def test_knowledge_sharing_tiny_on_idx_files(tmp_path):
     assert per_seed[0]["split"] != per_seed[1]["split"]  # a random class split per seed
     table = (out / "table.md").read_text()
     assert table.count("\n| ") == 8 and "separate + best-sample selection + perceptual" in table
-    assert "upper bound" in result.stdout
+    assert "upper bound" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["sharing"]["data"] == str(tmp_path / "mnist")
 
 
 def test_distillation_tiny(tmp_path):
     run = tmp_path / "run"
-    run_stage("distillation", "--config", "tiny", "--run", str(run), "--distill.student_epochs", "3")
+    from pipeline import distillation
+
+    distillation.main(["--config", "tiny", "--run", str(run), "--distill.student_epochs", "3"])
     out = run / "distillation"
     for name in ("table.md", "curves.png", "mapping.png", "latent.png", "results.json"):
         assert (out / name).exists(), name
@@ -214,15 +218,32 @@ def test_vae_pictures_tiny(tmp_path):
     assert len(summary["latent_2d"]["mu_mean"]) == 2 and np.isfinite(summary["heldout_bce_per_image"])
 
 
-def test_experiment_bad_input(tmp_path):
-    result = run_stage("knowledge_sharing", "--config", "tiny", "--run", str(tmp_path), "--data",
-                       str(tmp_path / "missing"), check=False)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: --data") and "no such file or folder; valid: " in lines[-1]
-    result = run_stage("distillation", "--config", "tiny", "--run", str(tmp_path), "--distill.experiments",
-                       "identity,rotate", check=False)
-    assert result.returncode == 2 and "valid: identity, noise, dilated, two-decoder" in result.stderr
-    result = run_stage("knowledge_sharing", "--config", "tiny", "--run", str(tmp_path), "--sharing.split",
-                       "0,1,2,3,4,5,6,7,8,9", check=False)
-    assert result.returncode == 2 and "leaves a side empty" in result.stderr
+def run_cli(monkeypatch, capsys, module, *argv: str) -> tuple[int, str]:
+    """A stage entry as `make` runs it (main_wrapper: one-line error, exit status), in-process."""
+    import importlib
+    import sys
+
+    from pipeline._cli import main_wrapper
+
+    entry = importlib.import_module(f"pipeline.{module}")
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main_wrapper(entry.main, module)()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_experiment_bad_input(tmp_path, monkeypatch, capsys):
+    code, err = run_cli(monkeypatch, capsys, "knowledge_sharing", "--config", "tiny", "--run", str(tmp_path),
+                        "--data", str(tmp_path / "missing"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --data") and "no such file or folder; valid: " in lines[0]
+    code, err = run_cli(monkeypatch, capsys, "distillation", "--config", "tiny", "--run", str(tmp_path),
+                        "--distill.experiments", "identity,rotate")
+    assert code == 2 and "valid: identity, noise, dilated, two-decoder" in err
+    code, err = run_cli(monkeypatch, capsys, "knowledge_sharing", "--config", "tiny", "--run", str(tmp_path),
+                        "--sharing.split", "0,1,2,3,4,5,6,7,8,9")
+    assert code == 2 and "leaves a side empty" in err
+    code, err = run_cli(monkeypatch, capsys, "vae_pictures", "--config", "tiny", "--run", str(tmp_path),
+                        "--data", str(tmp_path))
+    assert code == 2 and "no train-images-idx3-ubyte[.gz] in this folder" in err

@@ -217,14 +217,15 @@ class SharingConfig:
     channels: tuple[int, ...] = (16, 32, 32, 32)
     """Filters of the 4 conv layers (kernel 3, strides 1/2/2/1) of classifiers, encoders and,
     mirrored, decoders."""
-    latent_dim: int = 16
+    latent_dim: int = 8
     batch_size: int = 64
     learning_rate: float = 1e-3
     classifier_epochs: int = 30
-    vae_epochs: int = 60
+    vae_epochs: int = 40
     finetune_epochs: int = 10
+    """Passes over the merged generated set (a selected subset gets as many steps as the whole set)."""
     finetune_learning_rate: float = 5e-4
-    samples_per_class: int = 300
+    samples_per_class: int = 400
     """Images each generative model generates per class of its half (the source: 5,000)."""
     selection_threshold: float = 0.9
     """Best-sample selection keeps generated images whose top class probability exceeds this."""
@@ -256,8 +257,10 @@ class DistillConfig:
     learning_rate: float = 1e-3
     teacher_epochs: int = 20
     student_epochs: int = 40
-    temperature: float = 1.0
-    """T in f = softmax(v / T) and g = softmax(z / T)."""
+    temperature: float = 4.0
+    """T in f = softmax(v / T) and g = softmax(z / T) (training and the reported cross-entropy). At
+    T = 1 the teacher's probabilities on the student's images are nearly its hard labels and
+    the student gained no accuracy here; T = 4 passes on the teacher's similarities."""
     weight: float = 1.0
     """lambda, the weight of the distillation term."""
     noise_std: float = 0.1
@@ -324,7 +327,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "controller": {"population": 16, "rollouts": 2, "generations": 16, "max_steps": 300,
                        "eval_every": 5, "eval_episodes": 4},
         "eval": {"episodes": 8, "max_steps": 1000},
-        "sharing": {"seeds": 3, "vae_epochs": 30, "classifier_epochs": 20, "samples_per_class": 200},
+        "sharing": {"seeds": 3, "vae_epochs": 20, "classifier_epochs": 20, "finetune_epochs": 5,
+                    "samples_per_class": 200},
         "distill": {"seeds": 2, "student_epochs": 30, "vae_epochs": 100},
     },
     # Hours on a 2-core machine.

@@ -94,9 +94,9 @@ class ClassifierTrainer:
     def probs(self, params, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         return np.asarray(jax.nn.softmax(self.logits(params, x) / temperature, axis=-1))
 
-    def evaluate(self, params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) on labelled images."""
-        logits = self.logits(params, x)
+    def evaluate(self, params, x: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy of softmax(logits / T)) on labelled images."""
+        logits = self.logits(params, x) / temperature
         ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, -1)), y[:, None], 1).mean()
         return float((logits.argmax(-1) == y).mean()), float(ce)
 

@@ -128,7 +128,7 @@ def run_distillation(cfg: DistillConfig, out: str | Path, data: Dataset | None =
         rows: list[dict] = []
 
         def record(epoch, params):
-            acc, ce = net.evaluate(params, data.x_test, data.y_test)
+            acc, ce = net.evaluate(params, data.x_test, data.y_test, cfg.temperature)  # g = softmax(z / T)
             rows.append({"epoch": epoch + 1, "accuracy": acc, "cross_entropy": ce})
 
         weight = cfg.weight if teacher_probs is not None else 0.0
@@ -273,9 +273,11 @@ def save_mapping_pictures(out: Path, pictures: dict, image_shape) -> None:
 
     rgb = (lambda x: np.repeat(x, 3, -1)) if image_shape[-1] == 1 else (lambda x: x)
     rows, labels = [], []
-    for name, x, mapped in pictures.get("phi", []):
-        rows += [rgb(x), rgb(np.clip(mapped, 0, 1))]
-        labels += ["student input", f"phi: {name}"]
+    for i, (name, x, mapped) in enumerate(pictures.get("phi", [])):
+        if i == 0:  # the same student images for every phi
+            rows, labels = [rgb(x)], ["student input"]
+        rows.append(rgb(np.clip(mapped, 0, 1)))
+        labels.append(f"phi: {name}")
     if rows:
         save_png(out / "mapping.png", image_grid(rows, scale=max(1, 48 // image_shape[0]), labels=labels,
                                                  label_width=110))

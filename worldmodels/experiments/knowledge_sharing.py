@@ -134,9 +134,9 @@ def run_knowledge_sharing(cfg: SharingConfig, out: str | Path, data: Dataset | N
                 result["kept"][name] = int(keep.sum())
                 if keep.sum() == 0:  # nothing confident enough: network 2 stays as it was
                     tuned = clfs[1]
-                else:
-                    tuned = classifier.fit(clfs[1], x_gen[keep], p_gen[keep], cfg.finetune_epochs,
-                                           cfg.finetune_learning_rate, rng)
+                else:  # as many steps as on the whole set: selection changes the data, not the budget
+                    epochs = max(1, round(cfg.finetune_epochs * len(keep) / keep.sum()))
+                    tuned = classifier.fit(clfs[1], x_gen[keep], p_gen[keep], epochs, cfg.finetune_learning_rate, rng)
                 result["accuracy"][name] = classifier.evaluate(tuned, data.x_test, data.y_test)[0]
         per_seed.append(result)
         log(f"knowledge-sharing seed {seed}: " + ", ".join(f"{r.split(':')[0][:28]} {result['accuracy'][r]:.3f}"
@@ -204,7 +204,7 @@ def plot_accuracy(path: Path, summary: dict) -> None:
     ax.set_xlabel("test accuracy on all classes")
     ax.set_title(f"Knowledge sharing through VAEs: {summary.get('seeds', '?')} seeds, mean ± std", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.95)
     save_figure(fig, path)
 
 
