@@ -129,12 +129,18 @@ def test_bad_agent_dir(tmp_path):
 def _kill_one_episode_worker(stop: threading.Event, killed: list) -> None:
     import psutil
 
+    # Only this test's own Ray: its raylet is a child of this process and the workers are the
+    # raylet's children. Other Ray sessions on the machine (a training run) are left alone.
+    me = psutil.Process(os.getpid())
     while not stop.is_set() and not killed:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
+        for proc in me.children(recursive=True):
+            try:
+                cmd = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
             if "ray::episodes_task" in cmd:
-                os.kill(proc.info["pid"], signal.SIGKILL)
-                killed.append(proc.info["pid"])
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
                 return
         time.sleep(0.05)
 
