@@ -1,4 +1,4 @@
-"""`make evaluate AGENT=<dir> EPISODES=100 SEED=0`: score an agent in gymnasium's CarRacing-v3.
+"""`make evaluate AGENT=<dir> EPISODES=100 SEED=0`: score an agent in env.eval_id (CarRacing-v3, VizdoomTakeCover-v1).
 
 AGENT is a run directory (after `make train-controller`) or a shipped agent (agents/...).
 Scores, a histogram and the best/worst episode videos go to --out (default: AGENT/eval for a

@@ -25,6 +25,7 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
                    progress: bool = True) -> dict[str, Any]:
     from jax.flatten_util import ravel_pytree
 
+    from worldmodels.envs import get_env_module
     from worldmodels.parallel import init_ray
     from worldmodels.rollout.agent import load_agent_config, load_controller, load_world_model
     from worldmodels.rollout.parallel import ParallelEpisodes
@@ -39,6 +40,8 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
     flat, _ = ravel_pytree(controller)
     out.mkdir(parents=True, exist_ok=True)
     env_id = config.env.eval_id
+    env_module = get_env_module(config.env.name)
+    solved = float(env_module.SOLVED_SCORE)
     seeds = cfg.seed + np.arange(cfg.episodes)
     bar = None
     if progress:
@@ -58,7 +61,7 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
         "agent": str(agent), "env_id": env_id, "episodes": int(cfg.episodes), "seed": int(cfg.seed),
         "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
         "max": float(returns.max()), "median": float(np.median(returns)),
-        "solved_threshold": 900.0, "solved": bool(returns.mean() >= 900.0 and cfg.episodes >= 100),
+        "solved_threshold": solved, "solved": bool(returns.mean() >= solved and cfg.episodes >= 100),
         "seconds": time.perf_counter() - start, "env_steps_per_s": float(result["env_steps_per_s"]),
     }
     buffer = io.StringIO()
@@ -70,13 +73,13 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     plot_histogram(out / "histogram.png", returns, f"{agent.name}: {summary['mean']:.1f} ± "
                    f"{summary['std']:.1f} over {cfg.episodes} episodes of {env_id}",
-                   xlabel="episode return", marks={"solved (900)": 900.0})
+                   xlabel="episode return", marks={f"solved ({solved:g})": solved})
     if cfg.videos:
         from worldmodels.viz.images import save_video
 
         for name, i in (("best", int(np.argmax(returns))), ("worst", int(np.argmin(returns)))):
             replay = episodes.replay(flat_all, seeds, env_id, cfg.max_steps, episode=i)
-            save_video(out / f"{name}.mp4", replay["frames"], fps=50, scale=4)
+            save_video(out / f"{name}.mp4", replay["frames"], fps=env_module.VIDEO_FPS, scale=env_module.VIDEO_SCALE)
             summary[f"{name}_episode"] = {"seed": int(seeds[i]), "return": float(returns[i]),
                                           "replayed_return": replay["return"]}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

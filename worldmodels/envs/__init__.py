@@ -1,7 +1,10 @@
 """Environments: the real ones (through gymnasium) and per-environment frame/action glue.
 
-Each environment module (`carracing`, later others) exposes the same small surface:
-``make_env(env_id, **kwargs)``, ``preprocess_frame(obs, size)`` and ``ACTION_DIM``;
+Each environment module (`carracing`, `doom`) exposes the same small surface:
+``make_env(env_id, **kwargs)``, ``preprocess_frame(obs, size)``, ``ACTION_DIM``,
+``rollout_action(a)`` (a random policy's action -> the one taken and stored),
+``squash_action(y)`` (C's output -> action, in JAX), ``SOLVED_SCORE``, ``VIDEO_FPS`` and
+``VIDEO_SCALE`` (evaluation videos);
 the pipeline looks it up by `EnvConfig.name` and never forks per environment.
 """
 
@@ -16,6 +19,7 @@ from worldmodels.errors import ConfigError
 
 ENV_MODULES = {
     "carracing": "worldmodels.envs.carracing",
+    "doom": "worldmodels.envs.doom",
 }
 
 

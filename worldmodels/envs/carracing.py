@@ -16,6 +16,9 @@ ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 # The bottom 12 rows of the 96x96 frame are the dashboard (speed, ABS, steering, gyro);
 # like the original code we crop them and keep the 84x96 view of the track.
 CROP_ROWS = 84
+SOLVED_SCORE = 900.0
+"""Mean return over 100 consecutive episodes that counts as solved."""
+VIDEO_FPS, VIDEO_SCALE = 50, 4  # evaluation videos of the raw 96x96 observations
 
 
 def make_env(env_id: str, **kwargs) -> gymnasium.Env:
@@ -34,6 +37,11 @@ def preprocess_frame(obs: np.ndarray, size: int = 64) -> np.ndarray:
         raise ValueError(f"expected a (96, 96, 3) uint8 CarRacing frame, got {obs.shape} {obs.dtype}")
     image = Image.fromarray(obs[:CROP_ROWS])
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def rollout_action(action: np.ndarray) -> np.ndarray:
+    """A random policy's action -> the action taken and stored: CarRacing takes it as it is."""
+    return action
 
 
 def squash_action(y):

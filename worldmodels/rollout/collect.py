@@ -44,7 +44,7 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> di
         frames, actions, rewards, terms, truncs = [], [], [], [], []
         for t in range(cfg.max_steps):
             frame = module.preprocess_frame(obs, env_cfg.frame_size)
-            action = policy.act(frame)
+            action = module.rollout_action(policy.act(frame))  # Doom: quantised to -1 / 0 / +1
             obs, reward, terminated, truncated, _ = env.step(action)
             truncated = truncated or (t == cfg.max_steps - 1 and not terminated)
             frames.append(frame)
