@@ -9,7 +9,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 CONFIG  ?= quick
 RUN     ?= runs/$(CONFIG)
 ARGS    ?=
-DREAM   ?= 0
+DREAM   ?=
 AGENT   ?= $(RUN)
 EPISODES ?=
 SEED    ?=
@@ -18,7 +18,7 @@ DATA    ?=
 DATA_ARGS = $(if $(DATA),--data $(DATA))
 STAGE   = $(PY) -m pipeline
 
-.PHONY: all rollouts train-vae series train-rnn train-controller evaluate report export-agent test bench lint clean-venv
+.PHONY: all rollouts train-vae series train-rnn train-controller evaluate temperature-sweep doom-temperature-sweep report export-agent test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,7 @@ all: $(STAMP)
 	$(MAKE) --no-print-directory train-rnn
 	$(MAKE) --no-print-directory train-controller
 	$(MAKE) --no-print-directory evaluate
+	$(MAKE) --no-print-directory temperature-sweep
 	$(MAKE) --no-print-directory report
 
 rollouts: $(STAMP)
@@ -49,10 +50,18 @@ train-rnn: $(STAMP)
 	$(STAGE).train_rnn --config $(CONFIG) --run $(RUN) $(ARGS)
 
 train-controller: $(STAMP)
-	$(STAGE).train_controller --config $(CONFIG) --run $(RUN) --controller.dream $(DREAM) $(ARGS)
+	$(STAGE).train_controller --config $(CONFIG) --run $(RUN) $(if $(DREAM),--controller.dream $(DREAM)) $(ARGS)
 
 evaluate: $(STAMP)
 	$(STAGE).evaluate --config $(CONFIG) --run $(RUN) --agent $(AGENT) $(EVAL_ARGS) $(ARGS)
+
+# C trained in the dream at each tau of the preset's sweep.temperatures, scored in dream and real env
+# (a no-op for presets without temperatures); `make doom-temperature-sweep` is the Doom table.
+temperature-sweep: $(STAMP)
+	$(STAGE).temperature_sweep --config $(CONFIG) --run $(RUN) $(ARGS)
+
+doom-temperature-sweep:
+	$(MAKE) --no-print-directory temperature-sweep CONFIG=$(if $(filter doom-%,$(CONFIG)),$(CONFIG),doom-default)
 
 report: $(STAMP)
 	$(STAGE).report --config $(CONFIG) --run $(RUN)

@@ -130,6 +130,10 @@ class MDNRNNConfig:
     """Predict the episode's end (BCE)."""
     reward_weight: float = 1.0
     done_weight: float = 1.0
+    end_windows: float = 0.0
+    """Share of each batch's windows that end at an episode's terminal step. A uniform window
+    holds an episode's one done = 1 only if it ends there (Doom: about 1 window in 100), so the
+    done head barely sees deaths; 0 = all windows uniform."""
     min_log_sigma: float = -5.0
     """Bounds on each component's log sigma, so the likelihood stays finite."""
     max_log_sigma: float = 2.0
@@ -180,6 +184,9 @@ class ControllerConfig:
     eval_every: int = 5
     """Generations between real-environment evaluations of the best candidate."""
     eval_episodes: int = 8
+    checks: str = "real"
+    """Where those periodic checks (which pick best.msgpack) run: 'real' (train_id), or 'dream'
+    (M's dream on fixed keys; with `dream`, C never sees the real game before evaluation)."""
     workers: int = 0
     """Ray tasks in flight for real-env episodes; 0 = every CPU Ray offers."""
     episode_timeout: float = 900.0
@@ -197,6 +204,19 @@ class EvalConfig:
     max_steps: int = 1000
     videos: bool = True
     """Record the best and the worst episode (replayed; the agent is deterministic)."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`make temperature-sweep`: C trained in the dream at each tau, scored in the dream and in
+    the real env (the paper's Doom table). Uses the controller and eval sections for the rest."""
+
+    temperatures: tuple[float, ...] = ()
+    """tau values; () = no sweep (the stage does nothing). Doom: 0.1, 0.5, 1.0, 1.15, 1.3."""
+    dream_episodes: int = 100
+    """Dreamed episodes that score each trained C (at its own tau)."""
+    real_episodes: int = 100
+    """Episodes of env.eval_id that score each trained C (seeds eval.seed + i)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +304,7 @@ class Config:
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -339,6 +360,48 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "rollouts": {"episodes": 10000, "max_steps": 1000},
     },
+}
+
+# DoomTakeCover, trained entirely in the dream (SEEDS.md section 2): V z = 64, M with an LSTM of
+# 512 and a done head (no reward head: the dream pays 1 per step, i.e. frames survived), C on
+# [z, c, h] with one output cut into left / stay / right; its periodic checks run in the dream
+# too, so C meets the real game only in `make evaluate` and the temperature sweep.
+_DOOM_ENV = {"name": "doom", "train_id": "VizdoomTakeCover-v1", "eval_id": "VizdoomTakeCover-v1"}
+_DOOM_M = {"reward_head": "none", "done_head": True}
+_DOOM_C = {"features": "zch", "dream": True, "checks": "dream", "temperature": 1.15}
+_DOOM_TAUS = (0.1, 0.5, 1.0, 1.15, 1.3)
+PRESETS["doom-tiny"] = {
+    **PRESETS["tiny"],
+    "env": _DOOM_ENV,
+    "rollouts": {**PRESETS["tiny"]["rollouts"], "policy": "random", "max_steps": 300},  # most end in a death
+    "mdnrnn": {**PRESETS["tiny"]["mdnrnn"], **_DOOM_M, "end_windows": 0.5},
+    "controller": {**PRESETS["tiny"]["controller"], **_DOOM_C},
+    "sweep": {"temperatures": (0.5, 1.15), "dream_episodes": 4, "real_episodes": 2},
+}
+# Minutes: every stage at a size where M's dream already ends episodes.
+PRESETS["doom-quick"] = {
+    "env": _DOOM_ENV,
+    "rollouts": {"episodes": 200, "max_steps": 2100, "policy": "random"},
+    "vision": {"latent_dim": 64, "epochs": 2},
+    "mdnrnn": {**_DOOM_M, "hidden": 256, "seq_len": 100, "batch_size": 64, "steps": 600, "end_windows": 0.5,
+               "done_weight": 10.0, "checkpoint_every": 200, "temperature": 1.15},
+    "controller": {**_DOOM_C, "population": 16, "rollouts": 4, "generations": 10, "dream_max_steps": 2100,
+                   "eval_every": 5, "eval_episodes": 16},
+    "eval": {"episodes": 16, "max_steps": 2100},
+    "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 16, "real_episodes": 16},
+}
+# The paper's sizes for M and C, sized so `make all CONFIG=doom-default` (sweep included) fits in
+# 4 hours on this 2-core machine; README gives the measured stage times.
+PRESETS["doom-default"] = {
+    "env": _DOOM_ENV,
+    "rollouts": {"episodes": 1000, "max_steps": 2100, "policy": "random"},
+    "vision": {"latent_dim": 64, "epochs": 2},
+    "mdnrnn": {**_DOOM_M, "hidden": 512, "mixtures": 5, "seq_len": 100, "batch_size": 100, "steps": 2000,
+               "end_windows": 0.5, "done_weight": 10.0, "temperature": 1.15},
+    "controller": {**_DOOM_C, "population": 64, "rollouts": 8, "generations": 30, "dream_max_steps": 2100,
+                   "eval_every": 5, "eval_episodes": 64},
+    "eval": {"episodes": 100, "max_steps": 2100},
+    "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 100, "real_episodes": 100},
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from worldmodels.data.atomic import atomic_write_text
 from worldmodels.data.episodes import list_episodes
 
-STAGES = ("rollouts", "train-vae", "series", "train-rnn", "train-controller", "evaluate")
+STAGES = ("rollouts", "train-vae", "series", "train-rnn", "train-controller", "evaluate", "temperature-sweep")
 
 
 def _json(path: Path) -> dict:
@@ -81,8 +81,9 @@ def write_report(run: str | Path) -> Path:
         mode = "in M's dream" if c.get("dream") else "in the real environment"
         lines += ["## 4. C (controller)", "",
                   f"{c.get('parameters')} parameters evolved with CMA-ES {mode} for {c.get('generations')} "
-                  f"generations; best population fitness {_fmt(c.get('best_fitness'))}, best real-env "
-                  f"check {_fmt(c.get('best_real_check'))} (generation {c.get('best_real_check_generation')}).",
+                  f"generations; best population fitness {_fmt(c.get('best_fitness'))}, best "
+                  f"{c.get('checks', 'real')}-env check {_fmt(c.get('best_real_check'))} "
+                  f"(generation {c.get('best_real_check_generation')}).",
                   "", _picture(run, "controller/curves.png", "C curves")]
     e = _json(run / "eval" / "summary.json")
     if e:
@@ -91,6 +92,9 @@ def write_report(run: str | Path) -> Path:
                   f"(seeds {e['seed']}..{e['seed'] + e['episodes'] - 1}; min {e['min']:.1f}, max {e['max']:.1f}). "
                   "Videos: `eval/best.mp4`, `eval/worst.mp4`.", "",
                   _picture(run, "eval/histogram.png", "scores")]
+    if (run / "temperature_sweep" / "table.md").exists():
+        lines += ["## 6. Temperature sweep", "", (run / "temperature_sweep" / "table.md").read_text(),
+                  _picture(run, "temperature_sweep/temperatures.png", "temperature sweep")]
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -85,9 +85,14 @@ class DreamEnv:
 
 
 def dream_rollout(env: DreamEnv, params: DreamParams, policy, policy_params, key: jax.Array,
-                  steps: int) -> tuple[jax.Array, jax.Array]:
+                  steps: int, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
     """One dreamed episode of at most `steps` steps under `policy(policy_params, obs) -> a`.
-    Returns (total reward, length). Vmap it over keys and policy parameters."""
+    Returns (total reward, length). Vmap it over keys and policy parameters.
+
+    With `chunk` dividing `steps`, the steps run in chunks of `chunk` under a while loop that
+    stops once the episode is over; vmapped, it stops when every episode of the batch is
+    (Doom: most dreamed deaths come long before the 2,100-step cap). Same keys per step, so
+    the same episode as the plain scan."""
     k_reset, k_steps = jax.random.split(key)
     obs, state = env.reset(k_reset, params)
 
@@ -97,7 +102,22 @@ def dream_rollout(env: DreamEnv, params: DreamParams, policy, policy_params, key
         obs, state, reward, _, _ = env.step(k, state, action, params)
         return (obs, state, total + reward), None
 
-    (_, state, total), _ = jax.lax.scan(body, (obs, state, jnp.zeros(())), jax.random.split(k_steps, steps))
+    keys = jax.random.split(k_steps, steps)
+    if chunk and steps % chunk == 0 and chunk < steps:
+        keys = keys.reshape(steps // chunk, chunk, *keys.shape[1:])
+
+        def chunk_body(carry):
+            i, inner = carry
+            inner, _ = jax.lax.scan(body, inner, keys[i])
+            return i + 1, inner
+
+        def running(carry):
+            i, (_, state, _) = carry
+            return (i < keys.shape[0]) & ~state.done
+
+        _, (_, state, total) = jax.lax.while_loop(running, chunk_body, (0, (obs, state, jnp.zeros(()))))
+        return total, state.t
+    (_, state, total), _ = jax.lax.scan(body, (obs, state, jnp.zeros(())), keys)
     return total, state.t
 
 

@@ -4,7 +4,9 @@ Each generation: `ask` a population, score every candidate by its mean return ov
 `rollouts` episodes (every candidate sees the same env seeds / dream keys that generation),
 `tell` pycma the negated scores (it minimises). Every `eval_every` generations the
 generation's best candidate and the search mean are scored in the real environment on fixed
-seeds; the best of those is `controller/best.msgpack`, the agent `make evaluate` scores.
+seeds (or, with `controller.checks` 'dream', in the dream on fixed keys, so C never sees the
+real game before evaluation: Doom); the best of those is `controller/best.msgpack`, the agent
+`make evaluate` scores. The generations.csv columns keep their real_* names either way.
 pycma's state (its own pickle, the one pickled file of the project) and the best parameters
 are saved every generation, so a killed run resumes the same search.
 """
@@ -33,6 +35,7 @@ from worldmodels.train.common import MetricsLog
 
 COLUMNS = ("generation", "mean", "best", "worst", "sigma", "steps_per_s", "seconds", "real_best",
            "real_mean_candidate", "real_score_kept")
+DREAM_CHUNK = 100  # dream steps between checks that the whole batch of episodes has ended
 TRAIN_SEED_BASE = 1_000_000  # real-env seeds used while training (evaluation uses SEED=...)
 EVAL_SEED_BASE = 2_000_000  # fixed seeds of the periodic real-env checks
 
@@ -99,7 +102,8 @@ class DreamScorer:
             return squash(controller_output(unravel(flat), controller_features(obs, features)))
 
         def score(flat_population, keys, params):
-            one = lambda flat, key: dream_rollout(env, params, policy, flat, key, cfg.dream_max_steps)
+            one = lambda flat, key: dream_rollout(env, params, policy, flat, key, cfg.dream_max_steps,
+                                                  chunk=DREAM_CHUNK)
             per_candidate = jax.vmap(lambda flat: jax.vmap(lambda k: one(flat, k))(keys))
             return per_candidate(flat_population)
 
@@ -111,8 +115,15 @@ class DreamScorer:
         start = time.perf_counter()
         totals, lengths = self.score(jnp.asarray(solutions, jnp.float32), keys, self.params)
         totals = np.asarray(totals)
-        steps = solutions.shape[0] * self.rollouts * self.params.max_steps
+        steps = int(np.asarray(lengths).sum())  # dreamed steps: finished episodes stop early
         return totals.mean(axis=1), steps / (time.perf_counter() - start)
+
+    def returns(self, candidates: np.ndarray, episodes: int, seed: int = EVAL_SEED_BASE) -> np.ndarray:
+        """Dream returns (P, episodes) of each candidate on fixed keys (the same for every
+        call with the same seed): the dream's counterpart of `real_scores`."""
+        keys = jax.random.split(jax.random.key(seed), episodes)
+        totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, self.params)
+        return np.asarray(totals)
 
 
 class RealScorer:
@@ -153,6 +164,9 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
     from worldmodels.rollout.parallel import ParallelEpisodes
 
     cfg = config.controller
+    if cfg.checks not in ("real", "dream") or (cfg.checks == "dream" and not cfg.dream):
+        raise ConfigError(f"controller.checks='{cfg.checks}': valid are 'real', and 'dream' with "
+                          "controller.dream true")
     run = Path(run)
     out = run / "controller"
     out.mkdir(parents=True, exist_ok=True)
@@ -201,10 +215,13 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
             save_checkpoint(out / "best_fitness.msgpack", unravel(jnp.asarray(solutions[top])),
                             {"generation": generation, "fitness": best["fitness"]})
         if generation % cfg.eval_every == 0 or generation == cfg.generations:
-            if checker is None:
-                checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
             candidates = np.stack([solutions[top], np.asarray(es.mean)])
-            scores = real_scores(checker, candidates, config)
+            if cfg.checks == "dream":
+                scores = scorer.returns(candidates, cfg.eval_episodes).mean(axis=1)
+            else:
+                if checker is None:
+                    checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
+                scores = real_scores(checker, candidates, config)
             row["real_best"], row["real_mean_candidate"] = float(scores[0]), float(scores[1])
             pick = int(np.argmax(scores))
             if scores[pick] > best["real"]:
@@ -231,8 +248,8 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
     if not (out / "best.msgpack").exists() and (out / "best_fitness.msgpack").exists():
         params, meta = load_checkpoint(out / "best_fitness.msgpack", template)
         save_checkpoint(out / "best.msgpack", params, meta)
-    save_controller_pictures(out, log.rows, dream=cfg.dream)
-    summary = {"generations": generation, "parameters": len(flat0), "dream": cfg.dream,
+    save_controller_pictures(out, log.rows, dream=cfg.dream, checks=cfg.checks)
+    summary = {"generations": generation, "parameters": len(flat0), "dream": cfg.dream, "checks": cfg.checks,
                "best_fitness": best["fitness"], "best_real_check": best["real"],
                "best_real_check_generation": best.get("generation"),
                "train_seconds_this_run": time.perf_counter() - start}
@@ -240,7 +257,7 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
     return summary
 
 
-def save_controller_pictures(out: Path, rows, dream: bool) -> None:
+def save_controller_pictures(out: Path, rows, dream: bool, checks: str = "real") -> None:
     from worldmodels.viz.plots import plot_curves
 
     if not rows:
@@ -248,4 +265,4 @@ def save_controller_pictures(out: Path, rows, dream: bool) -> None:
     label = "dream return" if dream else "return"
     panels = [["mean", "best", "worst"], ["real_best", "real_mean_candidate"], ["sigma"]]
     plot_curves(out / "curves.png", rows, x="generation", panels=panels,
-                title=f"C with CMA-ES: population {label} (left), real-env checks (middle)")
+                title=f"C with CMA-ES: population {label} (left), {checks}-env checks (middle)")

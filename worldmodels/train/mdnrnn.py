@@ -83,6 +83,12 @@ class SeriesData:
                                                                                strict=True)
                                if n >= seq_len] or [np.zeros(0, np.int64)])
 
+    def end_window_starts(self, seq_len: int) -> np.ndarray:
+        """Starts of the windows whose last step is an episode's terminal step (done = 1)."""
+        ends = np.cumsum(self.lengths)
+        fits = (self.lengths >= seq_len) & (self.done[ends - 1] > 0.5)
+        return (ends - seq_len)[fits]
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("mu", "logvar", "action", "reward", "done",
                                                "episode_start", "episode_end")}
@@ -236,7 +242,17 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         return result
 
     arrays = jax.tree.map(jnp.asarray, data.arrays())
-    return {k: float(v) for k, v in run(params, arrays, jnp.asarray(starts)).items()}
+    result = {k: float(v) for k, v in run(params, arrays, jnp.asarray(starts)).items()}
+    end_starts = data.end_window_starts(cfg.seq_len)[:windows]
+    if cfg.done_head and len(end_starts):
+        # Windows ending at a death: does P(done) pass 0.5 there (what ends a dream), and
+        # how often before it?
+        batch = gather_batch(arrays, jnp.asarray(end_starts), cfg.seq_len, None)
+        x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
+        done = module.apply({"params": params}, x)[1].done > 0.0  # (B, L)
+        result["heldout_done_recall"] = float(jnp.mean(done[:, -1]))
+        result["heldout_done_false_rate"] = float(jnp.mean(done[:, :-1]))
+    return result
 
 
 def split_series(folder: Path, holdout_fraction: float) -> tuple[list[Path], list[Path]]:
@@ -262,6 +278,7 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     if len(starts) == 0:
         raise DataError(f"no episode in {run / 'series'} has {cfg.seq_len} steps (longest: "
                         f"{data.lengths.max()}); lower --mdnrnn.seq_len or collect longer rollouts")
+    end_starts = data.end_window_starts(cfg.seq_len)
     module = make_module(cfg, data.latent_dim, data.action_dim)
     tx = make_optimizer(cfg)
     state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(cfg.seed))
@@ -291,7 +308,11 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
         while step < cfg.steps:
             # Window starts depend only on (seed, step): a resumed run sees the same batches.
             rng = np.random.default_rng([cfg.seed, step])
-            batch_starts = jnp.asarray(rng.choice(starts, size=cfg.batch_size))
+            batch_starts = rng.choice(starts, size=cfg.batch_size)
+            n_end = int(round(cfg.end_windows * cfg.batch_size)) if len(end_starts) else 0
+            if n_end:
+                batch_starts[:n_end] = rng.choice(end_starts, size=n_end)
+            batch_starts = jnp.asarray(batch_starts)
             state, metrics = step_fn(state, arrays, batch_starts, jax.random.fold_in(key, step))
             step += 1
             pending.append(metrics)
