@@ -182,3 +182,18 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
         real = json.loads((run / "temperature_sweep" / f"tau_{tau}" / "eval" / "summary.json").read_text())
         assert row["real_mean"] == real["mean"] and real["episodes"] == 2
     assert "Temperature sweep" in (run / "report.md").read_text()
+    pipeline.temperature_sweep.main(argv)  # a rerun finds every tau done: same scores, no new generations
+    again = json.loads((run / "temperature_sweep" / "results.json").read_text())
+    assert [(r["dream_mean"], r["real_mean"]) for r in again["rows"]] == [(r["dream_mean"], r["real_mean"])
+                                                                         for r in sweep["rows"]]
+    assert len(read_csv(own / "controller" / "generations.csv")) == 2
+
+    # `make export-agent` then `make evaluate AGENT=...` on the shipped form (V and M in float16).
+    import pipeline.export_agent
+
+    agent = tmp_path / "agents" / "doom"
+    pipeline.export_agent.main(argv + ["--agent", str(agent)])
+    pipeline.evaluate.main(["--config", "doom-tiny", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"),
+                            "--eval.episodes", "1", "--eval.videos", "false"])
+    shipped = json.loads((tmp_path / "agent_eval" / "summary.json").read_text())
+    assert shipped["env_id"] == ENV_ID and shipped["episodes"] == 1 and 1 <= shipped["mean"] <= 40

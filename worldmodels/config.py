@@ -391,11 +391,14 @@ PRESETS["doom-quick"] = {
     "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 16, "real_episodes": 16},
 }
 # The paper's sizes for M and C, sized so `make all CONFIG=doom-default` (sweep included) fits in
-# 4 hours on this 2-core machine; README gives the measured stage times.
+# 4 hours on this 2-core machine even under heavy load. Estimate from rates measured at load ~14
+# (random episodes ~277 steps; 500 env steps/s on 2 workers, V 145 images/s, M 58 sequences/s,
+# dream ~24k steps/s): rollouts 9 min, V 46, series 9, M 57, C 18, evaluate 11, sweep 86 (4 more
+# searches + 5 x 100 dream and real episodes) = ~3.9 h; about 1.2 h on a quiet machine.
 PRESETS["doom-default"] = {
     "env": _DOOM_ENV,
     "rollouts": {"episodes": 1000, "max_steps": 2100, "policy": "random"},
-    "vision": {"latent_dim": 64, "epochs": 2},
+    "vision": {"latent_dim": 64, "epochs": 2, "max_steps": 4000},
     "mdnrnn": {**_DOOM_M, "hidden": 512, "mixtures": 5, "seq_len": 100, "batch_size": 100, "steps": 2000,
                "end_windows": 0.5, "done_weight": 10.0, "temperature": 1.15},
     "controller": {**_DOOM_C, "population": 64, "rollouts": 8, "generations": 30, "dream_max_steps": 2100,
