@@ -184,6 +184,10 @@ def test_knowledge_sharing_tiny_on_idx_files(tmp_path, capsys):
     assert table.count("\n| ") == 8 and "separate + best-sample selection + perceptual" in table
     assert "upper bound" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["sharing"]["data"] == str(tmp_path / "mnist")
+    # Seeds are saved as they finish: a rerun (or a parallel run given other seeds) reuses them.
+    knowledge_sharing.main(["--config", "tiny", "--run", str(run), "--data", str(tmp_path / "mnist")])
+    assert capsys.readouterr().out.count("already done") == 2
+    assert json.loads((out / "results.json").read_text())["per_seed"] == per_seed
 
 
 def test_distillation_tiny(tmp_path):

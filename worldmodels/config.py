@@ -241,8 +241,8 @@ class SharingConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     classifier_epochs: int = 30
-    vae_epochs: int = 40
-    finetune_epochs: int = 10
+    vae_epochs: int = 60
+    finetune_epochs: int = 20
     """Passes over the merged generated set (a selected subset gets as many steps as the whole set)."""
     finetune_learning_rate: float = 5e-4
     samples_per_class: int = 400

@@ -22,6 +22,8 @@ no reconstruction term.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import time
 from collections.abc import Callable
@@ -31,7 +33,7 @@ import jax
 import numpy as np
 
 from worldmodels.config import SharingConfig, VisionConfig
-from worldmodels.data.atomic import atomic_write_text
+from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
 from worldmodels.errors import ConfigError
 from worldmodels.experiments.common import ClassifierTrainer, GenerativeTrainer, mean_std, one_hot
 from worldmodels.experiments.data import Dataset, class_split, load_dataset
@@ -92,8 +94,19 @@ def run_knowledge_sharing(cfg: SharingConfig, out: str | Path, data: Dataset | N
     per_seed: list[dict] = []
     samples_for_picture: dict[str, np.ndarray] = {}
     start = time.perf_counter()
+    seed_dir = out / "seeds"
+    seed_dir.mkdir(exist_ok=True)
+    fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "seeds")}
+    fingerprint["data_name"] = data.name
     for s in range(cfg.seeds):
         seed = cfg.seed + s
+        done = load_seed_result(seed_dir / f"seed_{seed}.json", fingerprint)
+        if done is not None and (s > 0 or (seed_dir / f"samples_{seed}.npz").exists()):
+            per_seed.append(done)  # finished by an earlier (or a parallel) run with this config
+            if s == 0:
+                samples_for_picture = load_samples(seed_dir / f"samples_{seed}.npz")
+            log(f"knowledge-sharing seed {seed}: already done ({seed_dir / f'seed_{seed}.json'})")
+            continue
         rng, key = np.random.default_rng(seed), jax.random.key(seed)
         halves = class_split(classes, seed, tuple(cfg.split))
         result = {"seed": seed, "split": [h.tolist() for h in halves], "accuracy": {}, "kept": {}}
@@ -139,6 +152,9 @@ def run_knowledge_sharing(cfg: SharingConfig, out: str | Path, data: Dataset | N
                     tuned = classifier.fit(clfs[1], x_gen[keep], p_gen[keep], epochs, cfg.finetune_learning_rate, rng)
                 result["accuracy"][name] = classifier.evaluate(tuned, data.x_test, data.y_test)[0]
         per_seed.append(result)
+        if s == 0:
+            save_samples(seed_dir / f"samples_{seed}.npz", samples_for_picture)
+        atomic_write_text(seed_dir / f"seed_{seed}.json", json.dumps({"config": fingerprint, "result": result}))
         log(f"knowledge-sharing seed {seed}: " + ", ".join(f"{r.split(':')[0][:28]} {result['accuracy'][r]:.3f}"
                                                          for r in ROWS) + f" [{time.perf_counter() - start:.0f} s]")
 
@@ -150,6 +166,41 @@ def run_knowledge_sharing(cfg: SharingConfig, out: str | Path, data: Dataset | N
     plot_accuracy(out / "accuracy.png", summary)
     save_samples_picture(out / "samples.png", samples_for_picture, data.image_shape)
     return summary
+
+
+def load_seed_result(path: Path, fingerprint: dict) -> dict | None:
+    """One seed's saved result, if it was made with the same settings (seed and seeds aside).
+    Seeds are saved as they finish, so a killed run, or a second process given other seeds
+    (`--sharing.seed 5 --sharing.seeds 5`) in the same run dir, shares its work."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return saved["result"] if saved.get("config") == json.loads(json.dumps(fingerprint)) else None
+
+
+def save_samples(path: Path, samples: dict) -> None:
+    arrays = {}
+    for i, (row, (generated, probs)) in enumerate(samples.items()):
+        for half in range(len(generated)):
+            arrays[f"{i}_{half}_images"] = generated[half][:48]
+            arrays[f"{i}_{half}_probs"] = probs[half][:48]
+        arrays[f"{i}_name"] = np.array(row)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_samples(path: Path) -> dict:
+    with np.load(path) as data:
+        out = {}
+        i = 0
+        while f"{i}_name" in data.files:
+            halves = sorted({int(k.split("_")[1]) for k in data.files if k.startswith(f"{i}_") and "images" in k})
+            out[str(data[f"{i}_name"])] = ([data[f"{i}_{h}_images"] for h in halves],
+                                           [data[f"{i}_{h}_probs"] for h in halves])
+            i += 1
+    return out
 
 
 def summarize(per_seed: list[dict]) -> dict:
