@@ -43,8 +43,11 @@ def test_bad_overrides_name_the_problem(overrides, message):
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ConfigError, match="valid presets: default, paper, quick, tiny"):
+    from worldmodels.config import PRESETS
+
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; valid presets: " + ", ".join(sorted(PRESETS))):
         get_config("huge")
+    assert {"tiny", "quick", "default", "paper", "doom-tiny", "doom-default"} <= set(PRESETS)
 
 
 def test_parse_overrides():
