@@ -238,7 +238,9 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         log.write()
         atomic_write_bytes(state_path, pickle.dumps(es))
         if progress:
-            real = f" real {row['real_best']:.1f}/{row['real_mean_candidate']:.1f}" if "real_best" in row else ""
+            # The check columns keep their names (real_*) whatever `checks` says; label them truly here.
+            real = (f" {cfg.checks} check {row['real_best']:.1f}/{row['real_mean_candidate']:.1f}"
+                    if "real_best" in row else "")
             print(f"gen {generation:4d}  mean {row['mean']:8.1f}  best {row['best']:8.1f}  worst "
                   f"{row['worst']:8.1f}  sigma {row['sigma']:.4f}  {rate:9.0f} steps/s  "
                   f"{row['seconds']:.1f}s{real}", flush=True)
