@@ -159,3 +159,35 @@ def test_lstm_custom_backward_equals_autodiff_of_the_scan():
     plain = jax.grad(loss(_lstm_scan), argnums=tuple(range(6)))(*args)
     for a, r in zip(fast, plain, strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reward_head,done_head,prev_reward", [("binary", True, False),
+                                                               ("regression", False, True),
+                                                               ("none", True, False)])
+def test_fused_head_loss_equals_the_plain_path(reward_head, done_head, prev_reward):
+    """M's training loss through `sequence_nll` (head + NLL as one op with an analytic
+    backward) has the value and gradients of `__call__` + `mdn_log_likelihood`, log_sigma
+    clipping and the z mask included."""
+    from worldmodels.train.mdnrnn import gather_batch, init_params, make_loss, make_module
+
+    cfg = get_config("tiny", ["--mdnrnn.reward_head", reward_head, "--mdnrnn.done_head",
+                              str(done_head), "--mdnrnn.prev_reward_input", str(prev_reward),
+                              "--mdnrnn.min_log_sigma", "-0.5", "--mdnrnn.max_log_sigma", "0.5"]).mdnrnn
+    module = make_module(cfg, latent_dim=6, action_dim=3)
+    params = init_params(module, jax.random.key(0))
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(1), p.shape), params)
+    rng = np.random.default_rng(0)
+    n = 60
+    data = {"mu": rng.normal(size=(n, 6)), "logvar": rng.normal(-2, 0.5, size=(n, 6)),
+            "action": rng.uniform(-1, 1, size=(n, 3)), "reward": rng.normal(size=n),
+            "done": (np.arange(n) % 30 == 29) * 1.0}
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    data["episode_start"] = jnp.asarray(np.arange(n) // 30 * 30, jnp.int32)
+    data["episode_end"] = jnp.asarray(np.arange(n) // 30 * 30 + 29, jnp.int32)
+    batch = gather_batch(data, jnp.asarray([0, 5, 20, 33]), 12, jax.random.key(2), time_major=True)
+    assert not batch["z_mask"].all()  # windows running past an episode's end are masked
+    fused = jax.jit(jax.value_and_grad(make_loss(module, cfg), has_aux=True))(params, batch)
+    plain = jax.value_and_grad(make_loss(module, cfg, fused=False), has_aux=True)(params, batch)
+    for key, value in plain[0][1].items():
+        np.testing.assert_allclose(fused[0][1][key], value, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fused[1], plain[1])

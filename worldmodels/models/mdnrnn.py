@@ -9,11 +9,14 @@ Shapes: B batch, T time, Z latent, A action, H hidden, K mixtures.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from worldmodels.losses import LOG_SQRT_2PI, mdn_log_likelihood
 
 
 class LSTMState(NamedTuple):
@@ -106,6 +109,57 @@ def _lstm_sequence_bwd(res, grads):
 lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
 
 
+def _split_head(out, mixtures: int, latent: int, min_log_sigma: float, max_log_sigma: float):
+    """Head output (M, 3·K·Z + E) -> logit_pi, mu, clipped log_sigma, raw log_sigma (M, K, Z)."""
+    mdn = out[:, :3 * mixtures * latent].reshape(-1, 3, mixtures, latent)
+    return mdn[:, 0], mdn[:, 1], jnp.clip(mdn[:, 2], min_log_sigma, max_log_sigma), mdn[:, 2]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def head_nll(kernel, bias, h, target, weight, mixtures, latent, min_log_sigma, max_log_sigma):
+    """The mixture head and its negative log-likelihood as one op, for training.
+
+    h (M, H), target (M, Z), weight (M,) -> (sum_m weight_m · mean_z -log p(target | head(h_m)),
+    the head's extra columns (M, E): reward / done logits). Same value as `MDNRNN.mdn` followed
+    by `mdn_log_likelihood`; the backward pass writes the gradient of the whole (M, 3·K·Z + E)
+    head output in one elementwise pass from the analytic MDN gradients (posterior
+    responsibilities), where autodiff of the slices, clip, log-softmax and logsumexp
+    materialises several copies of that wide tensor. A test pins both to the plain path."""
+    return _head_nll_fwd(kernel, bias, h, target, weight, mixtures, latent, min_log_sigma,
+                         max_log_sigma)[0]
+
+
+def _head_nll_fwd(kernel, bias, h, target, weight, mixtures, latent, min_log_sigma, max_log_sigma):
+    out = h @ kernel + bias
+    logit_pi, mu, log_sigma, _ = _split_head(out, mixtures, latent, min_log_sigma, max_log_sigma)
+    ll = mdn_log_likelihood(logit_pi, mu, log_sigma, target)  # (M, Z)
+    nll = -jnp.sum(ll.mean(-1) * weight)
+    return (nll, out[:, 3 * mixtures * latent:]), (kernel, h, out, target, weight)
+
+
+def _head_nll_bwd(mixtures, latent, min_log_sigma, max_log_sigma, res, cotangents):
+    kernel, h, out, target, weight = res
+    d_nll, d_extra = cotangents
+    logit_pi, mu, log_sigma, raw = _split_head(out, mixtures, latent, min_log_sigma, max_log_sigma)
+    log_pi = jax.nn.log_softmax(logit_pi, axis=-2)
+    inv_sigma = jnp.exp(-log_sigma)
+    scaled = (target[:, None, :] - mu) * inv_sigma
+    joint = log_pi - 0.5 * jnp.square(scaled) - log_sigma - LOG_SQRT_2PI
+    ll = jax.nn.logsumexp(joint, axis=-2, keepdims=True)
+    posterior = jnp.exp(joint - ll)  # responsibility of component k for target, (M, K, Z)
+    d_ll = (-d_nll / latent) * weight[:, None, None]
+    d_logit_pi = d_ll * (posterior - jnp.exp(log_pi))
+    d_mu = d_ll * posterior * scaled * inv_sigma
+    in_range = (raw >= min_log_sigma) & (raw <= max_log_sigma)
+    d_log_sigma = jnp.where(in_range, d_ll * posterior * (jnp.square(scaled) - 1.0), 0.0)
+    d_out = jnp.concatenate([jnp.stack([d_logit_pi, d_mu, d_log_sigma], 1).reshape(out.shape[0], -1),
+                             d_extra], axis=-1)
+    return h.T @ d_out, d_out.sum(0), d_out @ kernel.T, -d_mu.sum(1), jnp.zeros_like(weight)
+
+
+head_nll.defvjp(_head_nll_fwd, _head_nll_bwd)
+
+
 class MDNRNN(nn.Module):
     latent_dim: int
     action_dim: int
@@ -165,6 +219,25 @@ class MDNRNN(nn.Module):
         if not time_major:
             hs = jnp.swapaxes(hs, 0, 1)
         return LSTMState(h, c), self.mdn(hs), hs
+
+    def sequence_nll(self, x: jax.Array, target: jax.Array, weight: jax.Array,
+                     state: LSTMState | None = None):
+        """The training path, time-major: x (T, B, I), target z_{t+1} (T, B, Z), weight (T, B) ->
+        (sum of weight · per-step NLL, reward logits (T, B), done logits (T, B)), through the
+        fused `head_nll`. Equal to `__call__` + `mdn_log_likelihood` (a test pins it)."""
+        if state is None:
+            state = self.initial_state(x.shape[1:2])
+        hs, _ = lstm_sequence(self.w_x, self.w_h, self.b, x, state.h, state.c)
+        T, B, H = hs.shape
+        head = self.head.variables["params"]
+        nll, extra = head_nll(head["kernel"], head["bias"], hs.reshape(T * B, H),
+                              target.reshape(T * B, -1), weight.reshape(T * B), self.mixtures,
+                              self.latent_dim, self.min_log_sigma, self.max_log_sigma)
+        extra = extra.reshape(T, B, -1)
+        zeros = jnp.zeros((T, B), extra.dtype)
+        reward = extra[..., 0] if self.reward_head != "none" else zeros
+        done = extra[..., -1] if self.done_head else zeros - 30.0
+        return nll, reward, done
 
     def step(self, state: LSTMState, x: jax.Array):
         """One step: x (..., I) -> (new state, MDNOutput for the next z)."""

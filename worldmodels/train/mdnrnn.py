@@ -134,23 +134,33 @@ def reward_target(cfg: MDNRNNConfig, reward: jax.Array, done: jax.Array) -> jax.
     return reward
 
 
-def make_loss(module: MDNRNN, cfg: MDNRNNConfig, time_major: bool = True) -> Callable:
-    """(params, batch) -> (loss, metrics); every term is a mean, so either layout of the batch
-    gives the same value (time-major, the default, avoids transposing the wide tensors)."""
+def make_loss(module: MDNRNN, cfg: MDNRNNConfig, fused: bool = True) -> Callable:
+    """(params, time-major batch) -> (loss, metrics); every term is a mean. `fused` takes
+    M's training path (`MDNRNN.sequence_nll`: the head and its NLL as one op); without it the
+    plain path (`__call__`, then `mdn_log_likelihood`), kept as the reference a test pins."""
+
+    def z_nll_of(params, x, batch):
+        mask = batch["z_mask"].astype(x.dtype)
+        if fused:
+            weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
+            nll, reward, done = module.apply({"params": params}, x, batch["z_next"], weight,
+                                             method=MDNRNN.sequence_nll)
+            return nll, reward, done
+        _, out, _ = module.apply({"params": params}, x, time_major=True)
+        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
+        return -masked_mean(ll, mask), out.reward, out.done
 
     def loss_fn(params, batch):
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
-        _, out, _ = module.apply({"params": params}, x, time_major=time_major)
-        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
-        z_nll = -masked_mean(ll, batch["z_mask"])
+        z_nll, reward, done = z_nll_of(params, x, batch)
         target = reward_target(cfg, batch["reward"], batch["done"])
         if cfg.reward_head == "binary":
-            reward_loss = binary_cross_entropy_with_logits(out.reward, target).mean()
+            reward_loss = binary_cross_entropy_with_logits(reward, target).mean()
         elif cfg.reward_head == "regression":
-            reward_loss = jnp.square(out.reward - target).mean()
+            reward_loss = jnp.square(reward - target).mean()
         else:
             reward_loss = jnp.zeros(())
-        done_loss = (binary_cross_entropy_with_logits(out.done, batch["done"]).mean()
+        done_loss = (binary_cross_entropy_with_logits(done, batch["done"]).mean()
                      if cfg.done_head else jnp.zeros(()))
         total = z_nll + cfg.reward_weight * reward_loss + cfg.done_weight * done_loss
         return total, {"loss": total, "z_nll": z_nll, "reward_loss": reward_loss, "done_loss": done_loss}
