@@ -462,6 +462,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [g for g in chosen if g not in GROUPS]
     if unknown:
         sys.exit(f"error: unknown bench group(s) {unknown}; valid: {', '.join(GROUPS)}")
+    from worldmodels.runtime import reuse_freed_memory
+
+    # As every stage entry does (pipeline/__init__.py), before JAX starts; the torch
+    # references run in this process and get the same allocator.
+    log(f"allocator keeps freed memory: {reuse_freed_memory()}")
     for group in chosen:
         log(f"{group} ...")
         for name, value, unit in GROUPS[group]():

@@ -106,3 +106,18 @@ def test_bad_input(tmp_path, rollouts):
     result = run_stage("series", "--config", "tiny", "--run", str(run), "--vision.latent_dim", "4",
                        check=False)
     assert result.returncode == 2 and "latent_dim" in result.stderr
+
+
+@pytest.mark.parametrize("env,applied", [({}, "True"), ({"WORLDMODELS_MALLOC": "default"}, "False")])
+def test_stage_entries_keep_freed_memory_before_jax_starts(env, applied):
+    """Every stage entry (pipeline/__init__) sets glibc to reuse freed pages, before JAX is
+    imported; WORLDMODELS_MALLOC=default leaves the allocator alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline, worldmodels.runtime as r; "
+            "print(r._applied, 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "WORLDMODELS_MALLOC": "", **env}).stdout.split()
+    assert out == [applied, "False"]
