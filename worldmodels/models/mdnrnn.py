@@ -1,9 +1,10 @@
 """M: the MDN-RNN. An LSTM reads [z_t, a_t (, r_{t-1})] and a linear head gives, for every
 latent dimension, a mixture of K Gaussians over z_{t+1}, plus optional reward and done logits.
 
-The LSTM is written out (one input matmul for the whole sequence, then `lax.scan` over
-h @ W_h), so the same parameters serve the sequence model used in training and the single
-`step` used by the dream and the controller.
+The LSTM is written out (`lstm_cell`; `lstm_sequence` scans it with a hand-written backward
+pass), so the same parameters serve the sequence model used in training and the single `step`
+used by the dream and the controller. Training takes `MDNRNN.sequence_nll`, where the head and
+its NLL are one op (`head_nll`); `__call__` + `losses.mdn_log_likelihood` is the plain path.
 Shapes: B batch, T time, Z latent, A action, H hidden, K mixtures.
 """
 
