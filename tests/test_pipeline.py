@@ -83,6 +83,8 @@ def test_resumed_training_equals_uninterrupted(tmp_path, rollouts):
         np.testing.assert_array_equal(a, b)
     steps = [r["step"] for r in read_csv(resumed / "vision" / "metrics.csv")]
     assert steps == sorted(set(steps))  # no duplicated rows after the resume
+    lines = (resumed / "vision" / "metrics.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in lines] == [str(s) for s in steps]  # "6", not "6.0"
 
 
 def test_bad_input(tmp_path, rollouts):

@@ -49,9 +49,18 @@ def plot_histogram(path: str | os.PathLike, values, title: str, xlabel: str,
     save_figure(fig, path)
 
 
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a metrics CSV as numbers (integers stay integers, so a resumed log that
+    rewrites its kept rows writes them as they were); empty cells are left out."""
     with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        return [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def plot_curves(path: str | os.PathLike, rows: Sequence[dict[str, float]], x: str,
