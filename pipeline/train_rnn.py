@@ -14,6 +14,9 @@ FREE_FIELDS = ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "m
 
 def main(argv: Sequence[str] | None = None) -> str:
     config, args = parse_stage_args(__doc__, argv)
+    from worldmodels.runtime import reuse_freed_memory
+
+    reuse_freed_memory()  # before JAX starts: M's step re-allocates large buffers (see runtime.py)
     from worldmodels.train.mdnrnn import train_mdnrnn
 
     folder = prepare_stage_dir(args.run, "mdnrnn", config, sections=("mdnrnn",), free_fields=FREE_FIELDS)

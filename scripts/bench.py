@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: unknown bench group(s) {unknown}; valid: {', '.join(GROUPS)}")
     from worldmodels.runtime import reuse_freed_memory
 
-    # As every stage entry does (pipeline/__init__.py), before JAX starts; the torch
+    # As `make train-rnn` does, before JAX starts (M's step gains from it); the torch
     # references run in this process and get the same allocator.
     log(f"allocator keeps freed memory: {reuse_freed_memory()}")
     for group in chosen:

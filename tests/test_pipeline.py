@@ -111,15 +111,15 @@ def test_bad_input(tmp_path, rollouts):
 
 
 @pytest.mark.parametrize("env,applied", [({}, "True"), ({"WORLDMODELS_MALLOC": "default"}, "False")])
-def test_stage_entries_keep_freed_memory_before_jax_starts(env, applied):
-    """Every stage entry (pipeline/__init__) sets glibc to reuse freed pages, before JAX is
-    imported; WORLDMODELS_MALLOC=default leaves the allocator alone."""
+def test_train_rnn_can_keep_freed_memory_before_jax_starts(env, applied):
+    """`make train-rnn` sets glibc to reuse freed pages before JAX starts (importing its entry
+    must not start JAX); WORLDMODELS_MALLOC=default leaves the allocator alone."""
     import os
     import subprocess
     import sys
 
-    code = ("import sys, pipeline, worldmodels.runtime as r; "
-            "print(r._applied, 'jax' in sys.modules)")
+    code = ("import sys, pipeline.train_rnn; jax_before = 'jax' in sys.modules; "
+            "from worldmodels.runtime import reuse_freed_memory; print(reuse_freed_memory(), jax_before)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "WORLDMODELS_MALLOC": "", **env}).stdout.split()
     assert out == [applied, "False"]
