@@ -227,6 +227,7 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
             if scores[pick] > best["real"]:
                 best["real"], best["generation"] = float(scores[pick]), generation
                 best["which"] = ["generation best", "search mean"][pick]
+                best["checks"] = cfg.checks  # where `real` was scored: the real env or the dream
                 save_checkpoint(out / "best.msgpack", unravel(jnp.asarray(candidates[pick])),
                                 {"generation": generation, "real_score": float(scores[pick])})
             row["real_score_kept"] = best["real"]
