@@ -72,6 +72,12 @@ def test_sampling_matches_the_mixture_and_temperature_sharpens():
     keys = jax.random.split(jax.random.key(0), 20000)
     samples = jax.vmap(lambda k: sample_mdn(k, out, 1.0))(keys)
     np.testing.assert_allclose(samples.mean(), mixture_mean(out)[0], atol=0.05)  # 0.3*-2 + 0.7*3
+    # variance 0.3 (0.25 + 4) + 0.7 (0.25 + 9) - 1.5^2 = 5.5; each component a N(mu, 0.5) by itself
+    np.testing.assert_allclose(samples.var(), 5.5, rtol=0.03)
+    low = samples[samples < 0.5]
+    np.testing.assert_allclose(len(low) / len(samples), 0.3, atol=0.015)
+    np.testing.assert_allclose([low.mean(), low.std()], [-2.0, 0.5], atol=0.02)
+    np.testing.assert_allclose(np.mean(np.abs(low + 2.0) < 0.5), 0.6827, atol=0.02)  # Gaussian within 1 sigma
     cold = jax.vmap(lambda k: sample_mdn(k, out, 0.05))(keys)
     assert (jnp.abs(cold - 3.0) < 0.5).mean() > 0.99  # the likelier component, nearly its mean
 

@@ -252,16 +252,18 @@ def sample_mdn(key: jax.Array, out: MDNOutput, temperature: float | jax.Array = 
 
     The component is drawn by inverting the mixture's CDF with one uniform per dimension,
     instead of `jax.random.categorical`'s K Gumbel draws: the same distribution, and on
-    XLA:CPU about 5x cheaper, which matters in the dream where sampling rivals the LSTM."""
-    k_pi, k_eps = jax.random.split(key)
+    XLA:CPU about 5x cheaper, which matters in the dream where sampling rivals the LSTM. Both
+    uniforms (component, and the Gaussian through the inverse error function, as
+    `jax.random.normal` does it) come from one draw: no key split per step (dream +7%)."""
     probs = jax.nn.softmax(out.logit_pi / temperature, axis=-2)  # (..., K, Z)
     cdf = jnp.cumsum(probs, axis=-2)
-    u = jax.random.uniform(k_pi, cdf.shape[:-2] + cdf.shape[-1:], cdf.dtype)  # (..., Z)
+    u = jax.random.uniform(key, (2, *cdf.shape[:-2], cdf.shape[-1]), cdf.dtype)  # 2 x (..., Z)
     K = probs.shape[-2]
-    component = jnp.minimum(jnp.sum(cdf < u[..., None, :], axis=-2), K - 1)  # (..., Z)
+    component = jnp.minimum(jnp.sum(cdf < u[0][..., None, :], axis=-2), K - 1)  # (..., Z)
     pick = lambda a: jnp.take_along_axis(a, component[..., None, :], axis=-2)[..., 0, :]
     mu, log_sigma = pick(out.mu), pick(out.log_sigma)
-    eps = jax.random.normal(k_eps, mu.shape, mu.dtype)
+    lowest = jnp.nextafter(jnp.asarray(-1.0, u.dtype), jnp.asarray(0.0, u.dtype))  # erf_inv(-1) = -inf
+    eps = jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(jnp.maximum(2.0 * u[1] - 1.0, lowest))
     return mu + jnp.exp(log_sigma) * jnp.sqrt(temperature) * eps
 
 
