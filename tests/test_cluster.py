@@ -71,6 +71,7 @@ class NodeWatcher:
     kill_on_worker_node: bool = False
     nodes: dict = field(default_factory=dict)  # raylet pid -> is the head
     killed: list = field(default_factory=list)
+    titles: dict = field(default_factory=dict)  # (node kind, raylet pid) -> worker titles seen (for messages)
 
     def __enter__(self) -> NodeWatcher:
         self._stop = threading.Event()
@@ -88,10 +89,13 @@ class NodeWatcher:
             for proc in helper.children(recursive=True):
                 try:
                     title = (proc.cmdline() or [""])[0].strip()
-                    if title != self.task:
+                    if not title.startswith("ray::"):
                         continue
                     raylet = proc.parent()
                     head = "--head" in raylet.cmdline()
+                    self.titles.setdefault(("head" if head else "worker", raylet.pid), set()).add(title)
+                    if title != self.task:
+                        continue
                     self.nodes[raylet.pid] = head
                     if self.kill_on_worker_node and not head and not self.killed:
                         proc.send_signal(signal.SIGKILL)
@@ -126,6 +130,23 @@ def assert_expected_episodes(folder: Path, count: int) -> None:
         episode, expected = load_episode(path), expected_episode(i)
         for key in ("obs", "action", "reward", "terminated", "truncated"):
             np.testing.assert_array_equal(episode[key], expected[key], err_msg=f"{path.name}:{key}")
+
+
+def wait_until_idle(cluster: LocalCluster, task: str, timeout: float = 120) -> None:
+    """Wait until no worker of the cluster runs `task`: a SIGKILLed driver's tasks go on until
+    the raylets notice the driver is gone, and a rerun started before that finds a node busy."""
+    helper, deadline = psutil.Process(cluster.helper.pid), time.monotonic() + timeout
+    while True:
+        busy = []
+        for proc in helper.children(recursive=True):
+            try:
+                busy += [proc.pid] if (proc.cmdline() or [""])[0].strip() == task else []
+            except psutil.Error:
+                continue
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"workers {busy} still ran {task} {timeout} s after the driver died"
+        time.sleep(0.1)
 
 
 def start_stage(stage: str, *args: str, env: dict) -> subprocess.Popen:
@@ -182,10 +203,12 @@ def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, t
         kill_when(driver, lambda: (run / "controller" / "cma_state.pkl").exists())
     assert len(read_csv(generations)) == 1, "the driver was not killed between generations 1 and 2"
     assert first.killed, "no episode worker on the worker node was seen to kill"
+    wait_until_idle(cluster, "ray::episodes_task")  # else the rerun may find one node still busy
     with NodeWatcher(cluster, "ray::episodes_task") as second:
         result = run_stage("train_controller", *args, env=cluster.env())
     assert "generations 1..2" in result.stdout  # resumed, not restarted
-    assert sorted(first.nodes.values()) == [False, True] and sorted(second.nodes.values()) == [False, True]
+    assert sorted(first.nodes.values()) == [False, True], f"first run not on both nodes: {first.titles}"
+    assert sorted(second.nodes.values()) == [False, True], f"resumed run not on both nodes: {second.titles}"
 
     out, ref = run / "controller", reference / "controller"
     assert_same_rows(generations, ref / "generations.csv",
