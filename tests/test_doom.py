@@ -155,7 +155,8 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
     assert all(e["obs"].shape[1:] == (64, 64, 3) and (e["reward"] == 1.0).all() for e in episodes)
     assert any(e["terminated"][-1] for e in episodes)  # random play dies: the done head has targets
     assert all(load_series(p)["action"].shape[1] == 1 for p in list_series(run / "series"))
-    assert "heldout_done_recall" in json.loads((run / "mdnrnn" / "summary.json").read_text())
+    m_summary = json.loads((run / "mdnrnn" / "summary.json").read_text())
+    assert "heldout_done_recall" in m_summary and "heldout_episode_done_false_rate" in m_summary  # start_windows
 
     controller = json.loads((run / "controller" / "summary.json").read_text())
     assert controller["dream"] and controller["checks"] == "dream"

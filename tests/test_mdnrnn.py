@@ -197,3 +197,33 @@ def test_fused_head_loss_equals_the_plain_path(reward_head, done_head, prev_rewa
     for key, value in plain[0][1].items():
         np.testing.assert_allclose(fused[0][1][key], value, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fused[1], plain[1])
+
+
+def test_window_past_the_episode_end_counts_only_its_real_steps():
+    """A `start_windows` window longer than its episode: the steps after the episode's end are
+    masked out of every loss term, so the loss (value and gradient) is that of the window cut
+    at the end; in particular the one done = 1 is not counted again on the padding."""
+    from worldmodels.train.mdnrnn import gather_batch, init_params, make_loss, make_module
+
+    cfg = get_config("tiny", ["--mdnrnn.reward_head", "regression", "--mdnrnn.done_head", "true"]).mdnrnn
+    module = make_module(cfg, latent_dim=6, action_dim=3)
+    params = init_params(module, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    n, length = 60, 30
+    data = {"mu": rng.normal(size=(n, 6)), "logvar": rng.normal(-2, 0.5, size=(n, 6)),
+            "action": rng.uniform(-1, 1, size=(n, 3)), "reward": rng.normal(size=n),
+            "done": (np.arange(n) % length == length - 1) * 1.0}
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    data["episode_start"] = jnp.asarray(np.arange(n) // length * length, jnp.int32)
+    data["episode_end"] = jnp.asarray(np.arange(n) // length * length + length - 1, jnp.int32)
+    loss = jax.jit(jax.value_and_grad(make_loss(module, cfg), has_aux=True))
+    starts = jnp.asarray([0, length])
+    long = gather_batch(data, starts, length + 15, None, time_major=True)
+    exact = gather_batch(data, starts, length, None, time_major=True)
+    assert long["mask"][:length].all() and not long["mask"][length:].any()
+    (_, got), grads = loss(params, long)
+    (_, want), want_grads = loss(params, exact)
+    assert float(want["done_loss"]) > 0
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, want_grads)

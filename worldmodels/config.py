@@ -134,6 +134,11 @@ class MDNRNNConfig:
     """Share of each batch's windows that end at an episode's terminal step. A uniform window
     holds an episode's one done = 1 only if it ends there (Doom: about 1 window in 100), so the
     done head barely sees deaths; 0 = all windows uniform."""
+    start_windows: float = 0.0
+    """Share of each batch's windows that begin at an episode's first frame, from M's zero
+    state, as every dream does (the original trained on whole episodes): M can integrate what
+    it did since the start (Doom: where the player stands, how often it was hit). Such a window
+    may run past its episode's end; those steps are masked out of every loss term."""
     min_log_sigma: float = -5.0
     """Bounds on each component's log sigma, so the likelihood stays finite."""
     max_log_sigma: float = 2.0
@@ -374,7 +379,7 @@ PRESETS["doom-tiny"] = {
     **PRESETS["tiny"],
     "env": _DOOM_ENV,
     "rollouts": {**PRESETS["tiny"]["rollouts"], "policy": "random", "max_steps": 300},  # most end in a death
-    "mdnrnn": {**PRESETS["tiny"]["mdnrnn"], **_DOOM_M, "end_windows": 0.5},
+    "mdnrnn": {**PRESETS["tiny"]["mdnrnn"], **_DOOM_M, "end_windows": 0.5, "start_windows": 0.25},
     "controller": {**PRESETS["tiny"]["controller"], **_DOOM_C},
     "sweep": {"temperatures": (0.5, 1.15), "dream_episodes": 4, "real_episodes": 2},
 }

@@ -89,6 +89,10 @@ class SeriesData:
         fits = (self.lengths >= seq_len) & (self.done[ends - 1] > 0.5)
         return (ends - seq_len)[fits]
 
+    def episode_starts(self) -> np.ndarray:
+        """Global index of every episode's first frame (the `start_windows` starts)."""
+        return np.cumsum(self.lengths) - self.lengths
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("mu", "logvar", "action", "reward", "done",
                                                "episode_start", "episode_end")}
@@ -106,7 +110,8 @@ def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, ke
                  time_major: bool = False):
     """Windows starting at `starts` (B,): inputs and targets (B, L, ...), or (L, B, ...) with
     `time_major` (the gather writes either layout at the same cost); z sampled from
-    N(mu, exp(logvar)) with `key`, or z = mu when key is None."""
+    N(mu, exp(logvar)) with `key`, or z = mu when key is None. A window may run past its
+    episode's end (`start_windows`): `mask` is 0 on those steps, `z_mask` also on the last one."""
     idx = starts[:, None] + jnp.arange(seq_len + 1)[None]  # (B, L+1)
     end = data["episode_end"][starts][:, None]
     has_next = idx <= end
@@ -121,7 +126,7 @@ def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, ke
     now = idx[t[0]]
     prev = jnp.where(now == data["episode_start"][now], 0.0, data["reward"][jnp.maximum(now - 1, 0)])
     return {
-        "z": z[t[0]], "z_next": z[t[1]], "z_mask": has_next[t[1]],
+        "z": z[t[0]], "z_next": z[t[1]], "z_mask": has_next[t[1]], "mask": has_next[t[0]],
         "action": data["action"][now], "prev_reward": prev,
         "reward": data["reward"][now], "done": data["done"][now],
     }
@@ -154,13 +159,14 @@ def make_loss(module: MDNRNN, cfg: MDNRNNConfig, fused: bool = True) -> Callable
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
         z_nll, reward, done = z_nll_of(params, x, batch)
         target = reward_target(cfg, batch["reward"], batch["done"])
+        step_mask = batch["mask"].astype(x.dtype)  # 0 past an episode's end
         if cfg.reward_head == "binary":
-            reward_loss = binary_cross_entropy_with_logits(reward, target).mean()
+            reward_loss = masked_mean(binary_cross_entropy_with_logits(reward, target), step_mask)
         elif cfg.reward_head == "regression":
-            reward_loss = jnp.square(reward - target).mean()
+            reward_loss = masked_mean(jnp.square(reward - target), step_mask)
         else:
             reward_loss = jnp.zeros(())
-        done_loss = (binary_cross_entropy_with_logits(done, batch["done"]).mean()
+        done_loss = (masked_mean(binary_cross_entropy_with_logits(done, batch["done"]), step_mask)
                      if cfg.done_head else jnp.zeros(()))
         total = z_nll + cfg.reward_weight * reward_loss + cfg.done_weight * done_loss
         return total, {"loss": total, "z_nll": z_nll, "reward_loss": reward_loss, "done_loss": done_loss}
@@ -224,8 +230,10 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
                       windows: int = 64, seed: int = 0) -> dict[str, float]:
     """One-step prediction quality on held-out windows (z = mu, no sampling): the mixture's
     NLL per dimension, the MSE of its mean against the next mu, the MSE of simply copying
-    the current z (a baseline a useful M must beat), and the reward/done heads' accuracy."""
-    starts_all = data.window_starts(cfg.seq_len)
+    the current z (a baseline a useful M must beat), and the reward/done heads' accuracy.
+    With `start_windows`, the windows are whole episodes from their first frame, as M is
+    trained and dreams."""
+    starts_all = data.episode_starts() if cfg.start_windows > 0 else data.window_starts(cfg.seq_len)
     if len(starts_all) == 0:
         return {}
     starts = np.random.default_rng(seed).choice(starts_all, size=min(windows, len(starts_all)),
@@ -236,7 +244,7 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         batch = gather_batch(arrays, starts, cfg.seq_len, None)
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
         _, out, _ = module.apply({"params": params}, x)
-        mask = batch["z_mask"]
+        mask, step_mask = batch["z_mask"], batch["mask"]
         ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
         mean_err = jnp.square(mixture_mean(out) - batch["z_next"]).mean(-1)
         copy_err = jnp.square(batch["z"] - batch["z_next"]).mean(-1)
@@ -245,14 +253,27 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
                   "heldout_next_z_mse": masked_mean(mean_err, mask),
                   "heldout_copy_z_mse": masked_mean(copy_err, mask)}
         if cfg.reward_head == "binary":
-            result["heldout_reward_accuracy"] = jnp.mean((out.reward > 0) == (target > 0.5))
-            result["heldout_reward_positive_rate"] = jnp.mean(target)
+            hit = ((out.reward > 0) == (target > 0.5)).astype(jnp.float32)
+            result["heldout_reward_accuracy"] = masked_mean(hit, step_mask)
+            result["heldout_reward_positive_rate"] = masked_mean(target, step_mask)
         elif cfg.reward_head == "regression":
-            result["heldout_reward_mse"] = jnp.mean(jnp.square(out.reward - target))
+            result["heldout_reward_mse"] = masked_mean(jnp.square(out.reward - target), step_mask)
+        if cfg.done_head:
+            result["done"] = out.done
         return result
 
     arrays = jax.tree.map(jnp.asarray, data.arrays())
-    result = {k: float(v) for k, v in run(params, arrays, jnp.asarray(starts)).items()}
+    result = run(params, arrays, jnp.asarray(starts))
+    done_logits = result.pop("done", None)
+    result = {k: float(v) for k, v in result.items()}
+    if cfg.done_head and cfg.start_windows > 0:
+        # Episodes from their start: does P(done) pass 0.5 at the deaths inside the windows,
+        # and how often on the other steps?
+        batch = gather_batch(arrays, jnp.asarray(starts), cfg.seq_len, None)
+        fired, death, live = (done_logits > 0.0).astype(jnp.float32), batch["done"] > 0.5, batch["mask"]
+        if bool(jnp.any(death & live)):
+            result["heldout_episode_done_recall"] = float(masked_mean(fired, (death & live).astype(jnp.float32)))
+        result["heldout_episode_done_false_rate"] = float(masked_mean(fired, (~death & live).astype(jnp.float32)))
     end_starts = data.end_window_starts(cfg.seq_len)[:windows]
     if cfg.done_head and len(end_starts):
         # Windows ending at a death: does P(done) pass 0.5 there (what ends a dream), and
@@ -284,11 +305,14 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     if data.latent_dim != config.vision.latent_dim:
         raise DataError(f"the series hold z of size {data.latent_dim} but vision.latent_dim is "
                         f"{config.vision.latent_dim}: they come from another V; rerun `make series`")
+    if not 0.0 <= cfg.end_windows + cfg.start_windows <= 1.0 or min(cfg.end_windows, cfg.start_windows) < 0:
+        raise ConfigError("mdnrnn.end_windows and mdnrnn.start_windows are shares of a batch: each >= 0, "
+                          f"together <= 1 (got {cfg.end_windows} and {cfg.start_windows})")
     starts = data.window_starts(cfg.seq_len)
-    if len(starts) == 0:
+    if len(starts) == 0 and cfg.end_windows + cfg.start_windows < 1.0:
         raise DataError(f"no episode in {run / 'series'} has {cfg.seq_len} steps (longest: "
                         f"{data.lengths.max()}); lower --mdnrnn.seq_len or collect longer rollouts")
-    end_starts = data.end_window_starts(cfg.seq_len)
+    end_starts, episode_starts = data.end_window_starts(cfg.seq_len), data.episode_starts()
     module = make_module(cfg, data.latent_dim, data.action_dim)
     tx = make_optimizer(cfg)
     state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(cfg.seed))
@@ -318,10 +342,13 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
         while step < cfg.steps:
             # Window starts depend only on (seed, step): a resumed run sees the same batches.
             rng = np.random.default_rng([cfg.seed, step])
-            batch_starts = rng.choice(starts, size=cfg.batch_size)
+            batch_starts = rng.choice(starts if len(starts) else episode_starts, size=cfg.batch_size)
             n_end = int(round(cfg.end_windows * cfg.batch_size)) if len(end_starts) else 0
             if n_end:
                 batch_starts[:n_end] = rng.choice(end_starts, size=n_end)
+            n_start = int(round(cfg.start_windows * cfg.batch_size))
+            if n_start:
+                batch_starts[n_end:n_end + n_start] = rng.choice(episode_starts, size=n_start)
             batch_starts = jnp.asarray(batch_starts)
             state, metrics = step_fn(state, arrays, batch_starts, jax.random.fold_in(key, step))
             step += 1
