@@ -78,8 +78,7 @@ class SeriesData:
 
     def window_starts(self, seq_len: int) -> np.ndarray:
         """Global indices where a window of `seq_len` steps fits inside its episode."""
-        starts = np.cumsum(self.lengths) - self.lengths
-        return np.concatenate([s + np.arange(n - seq_len + 1) for s, n in zip(starts, self.lengths,
+        return np.concatenate([s + np.arange(n - seq_len + 1) for s, n in zip(self.episode_starts(), self.lengths,
                                                                                strict=True)
                                if n >= seq_len] or [np.zeros(0, np.int64)])
 
@@ -258,22 +257,20 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
             result["heldout_reward_positive_rate"] = masked_mean(target, step_mask)
         elif cfg.reward_head == "regression":
             result["heldout_reward_mse"] = masked_mean(jnp.square(out.reward - target), step_mask)
-        if cfg.done_head:
-            result["done"] = out.done
+        if cfg.done_head and cfg.start_windows > 0:
+            # Episodes from their start: does P(done) pass 0.5 at the deaths inside the windows,
+            # and how often on the other steps?
+            fired = (out.done > 0.0).astype(jnp.float32)
+            death = (batch["done"] > 0.5) & batch["mask"]
+            result["deaths"] = jnp.sum(death)
+            result["heldout_episode_done_recall"] = masked_mean(fired, death)
+            result["heldout_episode_done_false_rate"] = masked_mean(fired, ~death & batch["mask"])
         return result
 
     arrays = jax.tree.map(jnp.asarray, data.arrays())
-    result = run(params, arrays, jnp.asarray(starts))
-    done_logits = result.pop("done", None)
-    result = {k: float(v) for k, v in result.items()}
-    if cfg.done_head and cfg.start_windows > 0:
-        # Episodes from their start: does P(done) pass 0.5 at the deaths inside the windows,
-        # and how often on the other steps?
-        batch = gather_batch(arrays, jnp.asarray(starts), cfg.seq_len, None)
-        fired, death, live = (done_logits > 0.0).astype(jnp.float32), batch["done"] > 0.5, batch["mask"]
-        if bool(jnp.any(death & live)):
-            result["heldout_episode_done_recall"] = float(masked_mean(fired, (death & live).astype(jnp.float32)))
-        result["heldout_episode_done_false_rate"] = float(masked_mean(fired, (~death & live).astype(jnp.float32)))
+    result = {k: float(v) for k, v in run(params, arrays, jnp.asarray(starts)).items()}
+    if not result.pop("deaths", 1):
+        del result["heldout_episode_done_recall"]  # no death inside the windows
     end_starts = data.end_window_starts(cfg.seq_len)[:windows]
     if cfg.done_head and len(end_starts):
         # Windows ending at a death: does P(done) pass 0.5 there (what ends a dream), and
