@@ -161,7 +161,7 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
     controller = json.loads((run / "controller" / "summary.json").read_text())
     assert controller["dream"] and controller["checks"] == "dream"
     assert json.loads((run / "controller" / "best.json").read_text())["checks"] == "dream"
-    assert controller["parameters"] == (8 + 2 * 16) * 1 + 1  # [z, c, h] -> one output (+ bias)
+    assert controller["parameters"] == (8 + 2 * 16) * 1  # [z, c, h] -> one output, no bias (the paper's 1088)
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert summary["env_id"] == ENV_ID and summary["episodes"] == 2 and summary["solved_threshold"] == 750.0
     rows = read_csv(run / "eval" / "scores.csv")

@@ -165,6 +165,9 @@ class ControllerConfig:
     """What C sees: 'zh' = [z, h] (CarRacing), 'zch' = [z, c, h] (Doom), 'z' = V only."""
     hidden: int = 0
     """0: linear a = W x + b (the paper's 867 parameters); > 0: one tanh hidden layer."""
+    bias: bool = True
+    """The linear controller's b. The paper's Doom controller has none (1088 parameters): a
+    bias makes "always hold one action" a single free direction for CMA-ES to find."""
     dream: bool = False
     """Evolve C inside M's dream instead of the real environment (`DREAM=1`)."""
     population: int = 64
@@ -373,7 +376,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # too, so C meets the real game only in `make evaluate` and the temperature sweep.
 _DOOM_ENV = {"name": "doom", "train_id": "VizdoomTakeCover-v1", "eval_id": "VizdoomTakeCover-v1"}
 _DOOM_M = {"reward_head": "none", "done_head": True}
-_DOOM_C = {"features": "zch", "dream": True, "checks": "dream", "temperature": 1.15}
+_DOOM_C = {"features": "zch", "bias": False, "dream": True, "checks": "dream", "temperature": 1.15}
 _DOOM_TAUS = (0.1, 0.5, 1.0, 1.15, 1.3)
 PRESETS["doom-tiny"] = {
     **PRESETS["tiny"],

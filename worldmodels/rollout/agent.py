@@ -53,7 +53,7 @@ class WorldModel:
     def controller_template(self) -> dict[str, jax.Array]:
         cfg = self.config.controller
         n_in = feature_dim(cfg.features, self.module.latent_dim, self.module.hidden)
-        return init_controller(jax.random.key(0), n_in, self.action_dim, cfg.hidden)
+        return init_controller(jax.random.key(0), n_in, self.action_dim, cfg.hidden, cfg.bias)
 
 
 def load_world_model(folder: str | Path, config: Config | None = None) -> WorldModel:
