@@ -2,12 +2,16 @@
 
 AGENT is a run directory (after `make train-controller`) or a shipped agent (agents/...).
 Scores, a histogram and the best/worst episode videos go to --out (default: AGENT/eval for a
-run, runs/eval/<name> for a shipped agent, so the repository stays clean)."""
+run, runs/eval/<name> for a shipped agent, so the repository stays clean).
+Episodes are cut at the agent's own eval.max_steps (1,000 for CarRacing, 2,100 for Doom), not the
+--config preset's, unless --eval.max_steps is given."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,13 +33,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     config, args = parse_stage_args(__doc__, argv, extra=extra)
     from worldmodels.data.atomic import remove_stale_temporaries
     from worldmodels.evaluate import evaluate_agent
+    from worldmodels.rollout.agent import load_agent_config
 
     agent = Path(args.agent or args.run)
     out = Path(args.out) if args.out else default_out(agent)
+    eval_cfg = config.eval
+    given = sys.argv[1:] if argv is None else list(argv)
+    if not any(a.startswith("--eval.max_steps") for a in given):  # the episode cap is part of the task
+        eval_cfg = dataclasses.replace(eval_cfg, max_steps=load_agent_config(agent).eval.max_steps)
     remove_stale_temporaries(out)  # left by a killed run; never read
-    summary = evaluate_agent(agent, config.eval, out, workers=args.workers)
+    summary = evaluate_agent(agent, eval_cfg, out, workers=args.workers)
     print(f"evaluate: {summary['mean']:.1f} ± {summary['std']:.1f} over {summary['episodes']} episodes "
-          f"of {summary['env_id']} (seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1}) "
+          f"of {summary['env_id']} (≤ {summary['max_steps']} steps, seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1}) "
           f"-> {out}")
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     return str(agent) if out.parent == agent else str(out)

@@ -89,8 +89,12 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
     for a, b in zip(jax.tree.leaves(shipped.vision_params), jax.tree.leaves(trained.vision_params), strict=True):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # float16 rounding only
-    run_stage("evaluate", "--config", "tiny", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"))
-    assert json.loads((tmp_path / "agent_eval" / "summary.json").read_text())["episodes"] == 2
+    # Under another preset's eval settings (quick: 1,000-step cap) the agent keeps its own cap (tiny: 40).
+    run_stage("evaluate", "--config", "quick", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"),
+              "--eval.episodes", "2", "--eval.videos", "false")
+    shipped_eval = json.loads((tmp_path / "agent_eval" / "summary.json").read_text())
+    assert shipped_eval["episodes"] == 2 and shipped_eval["max_steps"] == 40
+    assert all(int(r["steps"]) <= 40 for r in read_csv(tmp_path / "agent_eval" / "scores.csv"))
     incomplete = copy_run(tiny_world, tmp_path / "incomplete")
     result = run_stage("export_agent", "--config", "tiny", "--run", str(incomplete), "--agent",
                        str(tmp_path / "nope"), check=False)

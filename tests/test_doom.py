@@ -196,6 +196,7 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
     agent = tmp_path / "agents" / "doom"
     pipeline.export_agent.main(argv + ["--agent", str(agent)])
     pipeline.evaluate.main(["--config", "doom-tiny", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"),
-                            "--eval.episodes", "1", "--eval.videos", "false"])
+                            "--eval.episodes", "1", "--eval.videos", "false", "--eval.max_steps", "30"])
     shipped = json.loads((tmp_path / "agent_eval" / "summary.json").read_text())
-    assert shipped["env_id"] == ENV_ID and shipped["episodes"] == 1 and 1 <= shipped["mean"] <= 40
+    assert shipped["env_id"] == ENV_ID and shipped["episodes"] == 1 and 1 <= shipped["mean"] <= 30
+    assert shipped["max_steps"] == 30  # given on the command line: overrides the agent's own cap

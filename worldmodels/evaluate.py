@@ -59,6 +59,7 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
     returns, steps = result["returns"], result["steps"]
     summary = {
         "agent": str(agent), "env_id": env_id, "episodes": int(cfg.episodes), "seed": int(cfg.seed),
+        "max_steps": int(cfg.max_steps),
         "mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
         "max": float(returns.max()), "median": float(np.median(returns)),
         "solved_threshold": solved, "solved": bool(returns.mean() >= solved and cfg.episodes >= 100),
