@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     remove_stale_temporaries(out)  # left by a killed run; never read
     summary = evaluate_agent(agent, eval_cfg, out, workers=args.workers)
     print(f"evaluate: {summary['mean']:.1f} ± {summary['std']:.1f} over {summary['episodes']} episodes "
-          f"of {summary['env_id']} (≤ {summary['max_steps']} steps, seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1}) "
+          f"of {summary['env_id']} (≤ {summary['max_steps']} steps, "
+          f"seeds {summary['seed']}..{summary['seed'] + summary['episodes'] - 1}) "
           f"-> {out}")
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     return str(agent) if out.parent == agent else str(out)
