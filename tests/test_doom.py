@@ -109,6 +109,30 @@ def test_dream_early_exit_equals_full_scan():
     assert (t < 10).any() and ((t > 10) & (t < 60)).any(), t  # ends inside and past the first chunk
 
 
+def test_sampled_dream_done_ends_at_m_rate():
+    """controller.dream_done 'sample': with P(done) = 0.05 at every step, episode lengths are
+    geometric (mean (1 - 0.95^200) / 0.05 = 20.0 under a 200-step cap); the threshold dream
+    (P > 0.5) never ends before the cap."""
+    from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout
+    from worldmodels.models.mdnrnn import MDNRNN
+
+    module = MDNRNN(latent_dim=4, action_dim=1, hidden=8, mixtures=2, reward_head="none", done_head=True)
+    params = module.init(jax.random.key(0), jnp.zeros((1, 1, module.input_dim)))["params"]
+    params["head"]["kernel"] = params["head"]["kernel"].at[:, -1].set(0.0)
+    params["head"]["bias"] = params["head"]["bias"].at[-1].set(np.log(0.05 / 0.95))
+    env = DreamEnv(module)
+    keys = jax.random.split(jax.random.key(3), 1024)
+    lengths = {}
+    for sample in (False, True):
+        dream = DreamParams(rnn=params, initial_mu=jnp.zeros((3, 4)), initial_logvar=jnp.zeros((3, 4)),
+                            temperature=jnp.asarray(1.15), reward_values=jnp.zeros(2),
+                            constant_reward=jnp.asarray(1.0), max_steps=200, done_sample=sample)
+        one = lambda k, d=dream: dream_rollout(env, d, lambda f, obs: jnp.zeros(1), None, k, 200, 20)
+        lengths[sample] = np.asarray(jax.jit(jax.vmap(one))(keys)[1])
+    assert (lengths[False] == 200).all()
+    assert abs(lengths[True].mean() - 20.0) < 2.0 and lengths[True].min() >= 1, lengths[True].mean()
+
+
 def test_end_windows():
     from worldmodels.train.mdnrnn import SeriesData
 

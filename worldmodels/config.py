@@ -187,6 +187,10 @@ class ControllerConfig:
     Saves most of the steps bad candidates would waste; 0 = full episodes as in the paper."""
     dream_max_steps: int = 1000
     """Episode cap in the dream."""
+    dream_done: str = "threshold"
+    """How a dreamed episode ends from M's done head: 'threshold' (P(done) > 0.5, the paper) or
+    'sample' (done ~ Bernoulli(P(done)) at every step: a death M finds likely but never sure
+    of still happens at its rate, so C cannot live in states M is unsure about)."""
     temperature: float = 1.0
     """tau of the dream (M's sampling temperature while training C there)."""
     eval_every: int = 5

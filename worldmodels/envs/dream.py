@@ -9,7 +9,8 @@ from the mixture at temperature tau, and takes reward and done from M's heads:
   r_neg are the mean positive and non-positive rewards of the training series; with a
   regression head, the predicted reward; without a head, `constant_reward` per step (Doom:
   reward = steps survived).
-- done: P(done) > 0.5 (the paper), or t reaching `max_steps`.
+- done: P(done) > 0.5 (the paper) or, with `done_sample`, a Bernoulli(P(done)) draw at every
+  step; or t reaching `max_steps`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class DreamParams:
     reward_values: jax.Array  # (2,) [r_neg, r_pos] for a binary reward head
     constant_reward: jax.Array  # () reward per step when M has no reward head
     max_steps: int = flax.struct.field(pytree_node=False, default=1000)
+    done_sample: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 class DreamEnv:
@@ -76,12 +78,17 @@ class DreamEnv:
         else:
             reward = params.constant_reward
         t = state.t + 1
-        done = (jax.nn.sigmoid(out.done) > 0.5) | (t >= params.max_steps)
+        p_done = jax.nn.sigmoid(out.done)
+        if params.done_sample:  # its own draw: z's sample stays the one of the threshold dream
+            died = jax.random.uniform(jax.random.fold_in(key, 1)) < p_done
+        else:
+            died = p_done > 0.5
+        done = died | (t >= params.max_steps)
         new = DreamState(z=z, lstm=lstm, prev_reward=reward, t=t, done=done)
         # Finished episodes do not move: the scan length is static, the episode is not.
         new = jax.tree.map(lambda a, b: jnp.where(state.done, a, b), state, new)
         reward = jnp.where(state.done, 0.0, reward)
-        return self.observation(new), new, reward, new.done, {"p_done": jax.nn.sigmoid(out.done)}
+        return self.observation(new), new, reward, new.done, {"p_done": p_done}
 
 
 def dream_rollout(env: DreamEnv, params: DreamParams, policy, policy_params, key: jax.Array,

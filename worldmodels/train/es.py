@@ -84,6 +84,8 @@ class DreamScorer:
         from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout
 
         cfg = config.controller
+        if cfg.dream_done not in ("threshold", "sample"):
+            raise ConfigError(f"controller.dream_done='{cfg.dream_done}': valid are 'threshold', 'sample'")
         initial = series_folder / "initial_z.npz"
         if not initial.exists():
             raise DataError(f"{initial} is missing; run `make series` first")
@@ -93,7 +95,8 @@ class DreamScorer:
         self.params = DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(mu),
                                   initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(cfg.temperature),
                                   reward_values=jnp.asarray(dream_reward_values(series_folder)),
-                                  constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps)
+                                  constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
+                                  done_sample=cfg.dream_done == "sample")
         _, unravel = ravel_pytree(world.controller_template())
         squash = get_env_module(config.env.name).squash_action
         features = cfg.features
