@@ -377,10 +377,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # DoomTakeCover, trained entirely in the dream (SEEDS.md section 2): V z = 64, M with an LSTM of
 # 512 and a done head (no reward head: the dream pays 1 per step, i.e. frames survived), C on
 # [z, c, h] with one output cut into left / stay / right; its periodic checks run in the dream
-# too, so C meets the real game only in `make evaluate` and the temperature sweep.
+# too, so C meets the real game only in `make evaluate` and the temperature sweep. Rollouts take
+# a Brownian walk of the action (it reaches the walls, which hold-5 random play almost never
+# does, so M learns what happens there), and a dreamed death is drawn from M's P(done) at each
+# step rather than waiting for P(done) > 0.5 (M's done head is calibrated, ~1 death per held-out
+# episode, but passes 0.5 at only ~40 % of deaths): see the README's Doom section.
 _DOOM_ENV = {"name": "doom", "train_id": "VizdoomTakeCover-v1", "eval_id": "VizdoomTakeCover-v1"}
+_DOOM_ROLLOUTS = {"policy": "brownian", "brownian_dt": 0.03}
 _DOOM_M = {"reward_head": "none", "done_head": True}
-_DOOM_C = {"features": "zch", "bias": False, "dream": True, "checks": "dream", "temperature": 1.15}
+_DOOM_C = {"features": "zch", "bias": False, "dream": True, "checks": "dream", "temperature": 1.15,
+           "dream_done": "sample"}
 _DOOM_TAUS = (0.1, 0.5, 1.0, 1.15, 1.3)
 PRESETS["doom-tiny"] = {
     **PRESETS["tiny"],
@@ -393,7 +399,7 @@ PRESETS["doom-tiny"] = {
 # Minutes: every stage at a size where M's dream already ends episodes.
 PRESETS["doom-quick"] = {
     "env": _DOOM_ENV,
-    "rollouts": {"episodes": 200, "max_steps": 2100, "policy": "random"},
+    "rollouts": {"episodes": 200, "max_steps": 2100, **_DOOM_ROLLOUTS},
     "vision": {"latent_dim": 64, "epochs": 2},
     "mdnrnn": {**_DOOM_M, "hidden": 256, "seq_len": 100, "batch_size": 64, "steps": 600, "end_windows": 0.5,
                "done_weight": 10.0, "checkpoint_every": 200, "temperature": 1.15},
@@ -402,17 +408,18 @@ PRESETS["doom-quick"] = {
     "eval": {"episodes": 16, "max_steps": 2100},
     "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 16, "real_episodes": 16},
 }
-# The paper's sizes for M and C, sized so `make all CONFIG=doom-default` (sweep included) fits in
-# 4 hours on this 2-core machine even under heavy load. Estimate from rates measured at load ~14
-# (random episodes ~277 steps; 500 env steps/s on 2 workers, V 145 images/s, M 58 sequences/s,
-# dream ~24k steps/s): rollouts 9 min, V 46, series 9, M 57, C 18, evaluate 11, sweep 86 (4 more
-# searches + 5 x 100 dream and real episodes) = ~3.9 h; about 1.2 h on a quiet machine.
+# The paper's sizes for M and C. M reads whole episodes from their first frame (start_windows 1.0,
+# seq_len 500 covers most: a dream starts at the reset too, and health and the place along the
+# wall are only known by integrating from there). Measured here on a quiet machine (session 6-7):
+# rollouts 10 min (2,000 Brownian episodes, ~340 frames each), V ~15, series 9, M 27, C 13
+# (30 generations), evaluate 2, sweep ~60 (4 more searches + 5 x 100 dream and real episodes):
+# ~2.3 h; ~4 h with the machine shared.
 PRESETS["doom-default"] = {
     "env": _DOOM_ENV,
-    "rollouts": {"episodes": 1000, "max_steps": 2100, "policy": "random"},
+    "rollouts": {"episodes": 2000, "max_steps": 2100, **_DOOM_ROLLOUTS},
     "vision": {"latent_dim": 64, "epochs": 2, "max_steps": 4000},
-    "mdnrnn": {**_DOOM_M, "hidden": 512, "mixtures": 5, "seq_len": 100, "batch_size": 100, "steps": 2000,
-               "end_windows": 0.5, "done_weight": 10.0, "temperature": 1.15},
+    "mdnrnn": {**_DOOM_M, "hidden": 512, "mixtures": 5, "seq_len": 500, "batch_size": 20, "steps": 2000,
+               "start_windows": 1.0, "end_windows": 0.0, "done_weight": 10.0, "temperature": 1.15},
     "controller": {**_DOOM_C, "population": 64, "rollouts": 8, "generations": 30, "dream_max_steps": 2100,
                    "eval_every": 5, "eval_episodes": 64},
     "eval": {"episodes": 100, "max_steps": 2100},
