@@ -411,17 +411,18 @@ PRESETS["doom-quick"] = {
 # The paper's sizes for M and C. M reads whole episodes from their first frame (start_windows 1.0,
 # seq_len 500 covers most: a dream starts at the reset too, and health and the place along the
 # wall are only known by integrating from there). Measured here on a quiet machine (session 6-7):
-# rollouts 10 min (2,000 Brownian episodes, ~340 frames each), V ~15, series 9, M 27, C 13
-# (30 generations), evaluate 2, sweep ~60 (4 more searches + 5 x 100 dream and real episodes):
-# ~2.3 h; ~4 h with the machine shared.
+# rollouts 10 min (2,000 Brownian episodes, ~340 frames each), V ~15, series 9, M 27, C 5
+# (12 generations: by then C already fills most dreamed episodes; in session 7 a 30-generation
+# search kept its generation-10 controller), evaluate 2, sweep ~30 (4 more searches + 5 x 100
+# dream and real episodes): ~1.7 h; more with the machine shared.
 PRESETS["doom-default"] = {
     "env": _DOOM_ENV,
     "rollouts": {"episodes": 2000, "max_steps": 2100, **_DOOM_ROLLOUTS},
     "vision": {"latent_dim": 64, "epochs": 2, "max_steps": 4000},
     "mdnrnn": {**_DOOM_M, "hidden": 512, "mixtures": 5, "seq_len": 500, "batch_size": 20, "steps": 2000,
                "start_windows": 1.0, "end_windows": 0.0, "done_weight": 10.0, "temperature": 1.15},
-    "controller": {**_DOOM_C, "population": 64, "rollouts": 8, "generations": 30, "dream_max_steps": 2100,
-                   "eval_every": 5, "eval_episodes": 64},
+    "controller": {**_DOOM_C, "population": 64, "rollouts": 8, "generations": 12, "dream_max_steps": 2100,
+                   "eval_every": 4, "eval_episodes": 64},
     "eval": {"episodes": 100, "max_steps": 2100},
     "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 100, "real_episodes": 100},
 }
