@@ -410,11 +410,10 @@ PRESETS["doom-quick"] = {
 }
 # The paper's sizes for M and C. M reads whole episodes from their first frame (start_windows 1.0,
 # seq_len 500 covers most: a dream starts at the reset too, and health and the place along the
-# wall are only known by integrating from there). Measured here on a quiet machine (session 6-7):
-# rollouts 10 min (2,000 Brownian episodes, ~340 frames each), V ~15, series 9, M 27, C 5
-# (12 generations: by then C already fills most dreamed episodes; in session 7 a 30-generation
-# search kept its generation-10 controller), evaluate 2, sweep ~30 (4 more searches + 5 x 100
-# dream and real episodes): ~1.7 h; more with the machine shared.
+# wall are only known by integrating from there). `make all` measured on a quiet 2-core machine
+# (session 8): rollouts 8 min (2,000 Brownian episodes, ~340 frames each), V 10, series 6, M 16,
+# C 3 (12 generations: in session 7 a 30-generation search kept its generation-10 controller),
+# evaluate 2, sweep 16 (4 more searches + 5 x 100 dream and real episodes): 60 min in all.
 PRESETS["doom-default"] = {
     "env": _DOOM_ENV,
     "rollouts": {"episodes": 2000, "max_steps": 2100, **_DOOM_ROLLOUTS},
