@@ -13,12 +13,13 @@ DREAM   ?=
 AGENT   ?= $(RUN)
 EPISODES ?=
 SEED    ?=
+ROUND   ?= 1
 EVAL_ARGS = $(if $(EPISODES),--eval.episodes $(EPISODES)) $(if $(SEED),--eval.seed $(SEED))
 DATA    ?=
 DATA_ARGS = $(if $(DATA),--data $(DATA))
 STAGE   = $(PY) -m pipeline
 
-.PHONY: all rollouts train-vae series train-rnn train-controller evaluate temperature-sweep doom-temperature-sweep report export-agent test bench lint clean-venv
+.PHONY: all rollouts train-vae series train-rnn train-controller evaluate temperature-sweep doom-temperature-sweep iterate report export-agent test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,11 @@ temperature-sweep: $(STAMP)
 
 doom-temperature-sweep:
 	$(MAKE) --no-print-directory temperature-sweep CONFIG=$(if $(filter doom-%,$(CONFIG)),$(CONFIG),doom-default)
+
+# One round of the paper's iterative procedure: RUN's agent plays (with exploration noise), M
+# retrains on all data, C evolves again; results in RUN/round$(ROUND) and RUN/iterate.csv.
+iterate: $(STAMP)
+	$(STAGE).iterate --config $(CONFIG) --run $(RUN) --round $(ROUND) $(ARGS)
 
 report: $(STAMP)
 	$(STAGE).report --config $(CONFIG) --run $(RUN)

@@ -1,6 +1,7 @@
 """C: CMA-ES on a known function, resumable search, the controller stage in the dream and in
 the real env, evaluation, and a Ray worker killed mid-generation."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -115,6 +116,33 @@ def test_stall_steps_end_an_episode_without_reward(tiny_world):
     # The first step touches the start tile (a positive reward); then 10 steps of -0.1 end it.
     assert full["steps"][0] == 60 and cut["steps"][0] == 11
     assert full["returns"][0] - cut["returns"][0] == pytest.approx(-0.1 * 49, abs=1e-6)
+
+
+def test_agent_policy_plays_the_agent_and_explores(tiny_world):
+    """`make iterate`'s rollout policy: with explore 0 it is the evaluated agent step for step
+    (M's state carried along); with explore 1 every action is the random policy's."""
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.config import get_config
+    from worldmodels.rollout.agent import load_world_model, make_agent_step, run_episodes
+    from worldmodels.rollout.collect import agent_spec, run_random_episode
+
+    config = get_config("tiny")
+    world = load_world_model(tiny_world, config)
+    ctrl = jax.tree.map(lambda a: 0.3 * jnp.ones_like(a), world.controller_template())
+    ctrl["b"] = jnp.asarray([0.0, 2.0, -2.0])  # gas: the car moves, frames change
+    flat = np.asarray(ravel_pytree(ctrl)[0])
+    rollouts = dataclasses.replace(config.rollouts, max_steps=30, seed=5)
+    played = run_random_episode(config.env, rollouts, 0, agent_spec(world, flat, explore=0.0))
+    assert str(played["policy"]) == "agent" and len(played["action"]) == 30
+    reference = run_episodes(world, make_agent_step(world), [ctrl], [5], config.env.train_id, max_steps=30)
+    assert played["reward"].sum() == pytest.approx(reference["returns"][0], abs=1e-4)
+    steer = played["action"][:, 0]
+    assert np.ptp(steer) > 0  # C's steering follows z and h: not a constant action
+
+    randomly = run_random_episode(config.env, rollouts, 0, agent_spec(world, flat, explore=1.0))
+    assert not np.allclose(randomly["action"], played["action"])
+    assert np.abs(np.diff(randomly["action"], axis=0)).max() < 0.5  # a Brownian walk, never C's jumps
 
 
 def test_real_env_training(tmp_path, tiny_world):

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 from worldmodels.envs import get_env_module
+from worldmodels.errors import DataError
 from worldmodels.viz.plots import read_csv
 
 ENV_ID = "VizdoomTakeCover-v1"
@@ -213,6 +214,28 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
     assert [(r["dream_mean"], r["real_mean"]) for r in again["rows"]] == [(r["dream_mean"], r["real_mean"])
                                                                          for r in sweep["rows"]]
     assert len(read_csv(own / "controller" / "generations.csv")) == 2
+
+    # `make iterate`: the agent plays (with noise), M retrains on old + new series, C again.
+    import pipeline.iterate
+
+    pipeline.iterate.main(argv + ["--eval.videos", "false"])
+    r1 = run / "round1"
+    played = [load_episode(p) for p in list_episodes(r1 / "rollouts")]
+    assert len(played) == 3 and all(str(e["policy"]) == "agent" for e in played)
+    assert [int(e["seed"]) for e in played] == [10_000_000 + i for i in range(3)]  # not the eval seeds
+    assert set(np.unique(np.concatenate([e["action"] for e in played]))) <= {-1.0, 0.0, 1.0}
+    assert len(list_series(r1 / "series")) == 3 and (r1 / "vision").is_symlink()
+    m1 = json.loads((r1 / "mdnrnn" / "summary.json").read_text())
+    assert m1["steps"] == 4 and m1["train_episodes"] + m1["heldout_episodes"] == 4 + 3  # old + new data
+    assert json.loads((r1 / "mdnrnn" / "config.json").read_text())["mdnrnn"]["init_from"].endswith(
+        "doom/mdnrnn/params.msgpack")
+    assert json.loads((r1 / "eval" / "summary.json").read_text())["episodes"] == 2
+    (row,) = read_csv(run / "iterate.csv")
+    assert row["round"] == 1 and row["train_episodes_m"] == m1["train_episodes"]
+    pipeline.report.main(argv)
+    assert "| 1 | 3 |" in (run / "report.md").read_text()  # the round's row
+    with pytest.raises(DataError, match="round2, which has no controller"):
+        pipeline.iterate.main(argv + ["--round", "3"])  # round 2 does not exist yet: nothing starts
 
     # `make export-agent` then `make evaluate AGENT=...` on the shipped form (V and M in float16).
     import pipeline.export_agent

@@ -154,6 +154,9 @@ class MDNRNNConfig:
     log_every: int = 50
     temperature: float = 1.0
     """tau for sampling (logits / tau, sigma * sqrt(tau)): dreams and the dream video."""
+    init_from: str = ""
+    """Start from this M (an mdnrnn params.msgpack) instead of a random one, with a fresh
+    optimiser: `make iterate` retrains the previous round's M on the grown data."""
     seed: int = 0
 
 
@@ -216,6 +219,23 @@ class EvalConfig:
     max_steps: int = 1000
     videos: bool = True
     """Record the best and the worst episode (replayed; the agent is deterministic)."""
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    """`make iterate`: one round of the paper's "iterative training procedure" (Ha & Schmidhuber
+    2018): the current agent plays the real env (exploring now and then), M is retrained on all
+    episodes so far, and C is evolved again in the new dream. Round k lives in RUN/round<k>."""
+
+    episodes: int = 500
+    """Agent-played episodes collected in a round (env seeds `rollouts.seed + 10_000_000 * k + i`,
+    apart from the random rollouts' and evaluation's)."""
+    explore: float = 0.1
+    """Share of steps whose action comes from the preset's random rollout policy instead of C
+    (which runs on underneath, so a Brownian walk stays one walk). Noise on C's output would not
+    do: a trained Doom C's output sits far beyond the squash's thresholds (median |y| 14)."""
+    rnn_steps: int = 1000
+    """M's train steps in a round, starting from the previous round's M (fresh optimiser)."""
 
 
 @dataclass(frozen=True)
@@ -317,6 +337,7 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -395,6 +416,7 @@ PRESETS["doom-tiny"] = {
     "mdnrnn": {**PRESETS["tiny"]["mdnrnn"], **_DOOM_M, "end_windows": 0.5, "start_windows": 0.25},
     "controller": {**PRESETS["tiny"]["controller"], **_DOOM_C},
     "sweep": {"temperatures": (0.5, 1.15), "dream_episodes": 4, "real_episodes": 2},
+    "iterate": {"episodes": 3, "rnn_steps": 4},
 }
 # Minutes: every stage at a size where M's dream already ends episodes.
 PRESETS["doom-quick"] = {
@@ -424,6 +446,7 @@ PRESETS["doom-default"] = {
                    "eval_every": 4, "eval_episodes": 64},
     "eval": {"episodes": 100, "max_steps": 2100},
     "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 100, "real_episodes": 100},
+    "iterate": {"episodes": 1000, "explore": 0.1, "rnn_steps": 1000},
 }
 
 

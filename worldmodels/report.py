@@ -11,7 +11,8 @@ from pathlib import Path
 from worldmodels.data.atomic import atomic_write_text
 from worldmodels.data.episodes import list_episodes
 
-STAGES = ("rollouts", "train-vae", "series", "train-rnn", "train-controller", "evaluate", "temperature-sweep")
+STAGES = ("rollouts", "train-vae", "series", "train-rnn", "train-controller", "evaluate", "temperature-sweep",
+          "iterate")
 
 
 def _json(path: Path) -> dict:
@@ -95,6 +96,19 @@ def write_report(run: str | Path) -> Path:
     if (run / "temperature_sweep" / "table.md").exists():
         lines += ["## 6. Temperature sweep", "", (run / "temperature_sweep" / "table.md").read_text(),
                   _picture(run, "temperature_sweep/temperatures.png", "temperature sweep")]
+    rounds = run / "iterate.csv"
+    if rounds.exists():
+        from worldmodels.viz.plots import read_csv
+
+        lines += ["## 7. Iterative rounds (`make iterate`)", "",
+                  "Each round: the previous agent plays (exploring), M retrains on all data, C evolves "
+                  "again; scored on the same real episodes as section 5.", "",
+                  "| round | agent episodes | their mean length | M's train episodes | C's kept check | "
+                  "real score |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['episodes']} | {r['agent_episode_mean_steps']} | {r['train_episodes_m']} "
+                  f"| {r['c_kept_check']} | **{r['eval_mean']} ± {r['eval_std']}** ({r['eval_episodes']} episodes) |"
+                  for r in read_csv(rounds)]
+        lines.append("")
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

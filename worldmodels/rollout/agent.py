@@ -89,8 +89,10 @@ def load_controller(folder: str | Path, world: WorldModel, name: str = "best.msg
 
 
 def make_agent_step(world: WorldModel):
-    """Jitted (ctrl params batched (n, ...), frames uint8 (n, S, S, 3), lstm (h, c) (n, H))
-    -> (actions (n, A), new lstm). V and M parameters are closed-over constants."""
+    """Jitted (ctrl params batched (n, ...), frames uint8 (n, S, S, 3), lstm (h, c) (n, H)
+    [, explore]) -> (actions (n, A), new lstm). V and M parameters are closed-over constants.
+    `explore` = (actions (n, A), use (n,) bool) replaces C's action where `use` (exploration in
+    `make iterate`), so M's LSTM consumes the action actually taken."""
     from worldmodels.models.mdnrnn import MDNRNN, LSTMState
 
     squash = get_env_module(world.config.env.name).squash_action
@@ -98,11 +100,13 @@ def make_agent_step(world: WorldModel):
     vision, module = world.vision, world.module
     vparams, rnn_params = world.vision_params, world.rnn_params
 
-    def act(ctrl, frames, h, c):
+    def act(ctrl, frames, h, c, explore=None):
         z, _ = vision.encode(vparams, frames.astype(jnp.float32) / 255.0)
         obs = {"z": z, "h": h, "c": c}
         y = jax.vmap(controller_output)(ctrl, controller_features(obs, features))
         action = squash(y)
+        if explore is not None:
+            action = jnp.where(explore[1][:, None], explore[0], action)
         prev_reward = jnp.zeros(z.shape[:1])
         lstm = module.apply({"params": rnn_params}, LSTMState(h, c), module.inputs(z, action, prev_reward),
                             method=MDNRNN.step)[0]
@@ -134,6 +138,38 @@ def _cached_world(world_id: str, payload: dict[str, Any]) -> tuple[WorldModel, A
         world = world_from_payload(payload)
         _WORKER_CACHE[world_id] = (world, make_agent_step(world))
     return _WORKER_CACHE[world_id]
+
+
+class AgentPolicy:
+    """A rollout policy that plays an agent (V + M + C) and explores: at each step, with
+    probability `explore`, the action comes from `random_policy` (the preset's rollout policy,
+    which keeps running underneath, so a Brownian walk stays one walk) instead of from C.
+    `make iterate` collects M's next data with it. Same interface as the random policies
+    (`act(frame)` with the preprocessed frame), one episode each."""
+
+    def __init__(self, world: WorldModel, step, controller: dict, random_policy, explore: float,
+                 rng: np.random.Generator):
+        self.step, self.random_policy, self.explore, self.rng = step, random_policy, float(explore), rng
+        self.ctrl = jax.tree.map(lambda a: jnp.asarray(a)[None], controller)
+        self.h = self.c = jnp.zeros((1, world.module.hidden), jnp.float32)
+        self.rollout_action = get_env_module(world.config.env.name).rollout_action
+
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        other = np.asarray(self.rollout_action(self.random_policy.act(frame)), np.float32)[None]
+        use = np.array([self.rng.random() < self.explore])
+        action, self.h, self.c = self.step(self.ctrl, frame[None], self.h, self.c, (other, use))
+        return np.asarray(action[0], np.float32)
+
+
+def agent_policy(world_id: str, payload: dict[str, Any], flat_controller: np.ndarray, random_policy,
+                 explore: float, rng: np.random.Generator) -> AgentPolicy:
+    """An `AgentPolicy` inside a Ray worker: V, M and the compiled step are built once per process."""
+    from jax.flatten_util import ravel_pytree
+
+    world, step = _cached_world(world_id, payload)
+    _, unravel = ravel_pytree(world.controller_template())
+    return AgentPolicy(world, step, unravel(jnp.asarray(flat_controller, jnp.float32)), random_policy,
+                       explore, rng)
 
 
 def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[int], env_id: str,

@@ -1,4 +1,5 @@
-"""Stage 1: random-policy episodes in the real environment, in parallel with Ray.
+"""Stage 1: random-policy episodes in the real environment, in parallel with Ray; also the
+agent-played episodes of `make iterate` (the same machinery with an `agent` spec).
 
 Each episode is one Ray task that returns the compressed bytes of its .npz; the driver
 alone writes files (atomically), so workers on other nodes need no shared storage and a
@@ -29,17 +30,24 @@ from worldmodels.errors import ConfigError, WorldModelsError
 from worldmodels.rollout.policies import POLICIES, make_random_policy
 
 
-def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> dict[str, np.ndarray]:
-    """Play episode `index` with the random policy; returns the episode's arrays."""
+def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
+                       agent: dict | None = None) -> dict[str, np.ndarray]:
+    """Play episode `index` with the random policy, or with `agent` (`agent_spec`: an agent
+    that takes the random policy's action with probability agent["explore"]); returns the
+    episode's arrays."""
     module = get_env_module(env_cfg.name)
     env = module.make_env(env_cfg.train_id)
     try:
         seed = cfg.seed + index
         rng = np.random.default_rng([cfg.seed, index])
         space = env.action_space
-        policy = make_random_policy(cfg.policy, space.low, space.high,
-                                    action_repeat=cfg.action_repeat,
+        policy = make_random_policy(cfg.policy, space.low, space.high, action_repeat=cfg.action_repeat,
                                     brownian_dt=cfg.brownian_dt, rng=rng)
+        if agent is not None:
+            from worldmodels.rollout.agent import agent_policy
+
+            policy = agent_policy(agent["world_id"], agent["payload"], agent["controller"], policy,
+                                  agent["explore"], rng)
         obs, _ = env.reset(seed=seed)
         frames, actions, rewards, terms, truncs = [], [], [], [], []
         for t in range(cfg.max_steps):
@@ -56,12 +64,22 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> di
                 break
     finally:
         env.close()
-    return episode_arrays(frames, actions, rewards, terms, truncs,
-                          env_id=env_cfg.train_id, seed=seed, policy=cfg.policy)
+    return episode_arrays(frames, actions, rewards, terms, truncs, env_id=env_cfg.train_id, seed=seed,
+                          policy="agent" if agent is not None else cfg.policy)
 
 
-def _episode_task(env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> tuple[int, int, bytes]:
-    arrays = run_random_episode(env_cfg, cfg, index)
+def agent_spec(world, controller: np.ndarray, explore: float) -> dict:
+    """What a worker needs to play an agent: V and M (plain arrays), C's flat parameters and
+    the share of steps whose action comes from the random policy instead."""
+    from worldmodels.rollout.parallel import world_id
+
+    return {"world_id": world_id(world), "payload": world.payload(),
+            "controller": np.asarray(controller, np.float32), "explore": float(explore)}
+
+
+def _episode_task(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
+                  agent: dict | None = None) -> tuple[int, int, bytes]:
+    arrays = run_random_episode(env_cfg, cfg, index, agent)
     return index, len(arrays["reward"]), episode_bytes(arrays)
 
 
@@ -71,8 +89,9 @@ class EpisodeWorker:
     def ready(self) -> bool:
         return True
 
-    def run(self, env_cfg: EnvConfig, cfg: RolloutConfig, index: int) -> tuple[int, int, bytes]:
-        return _episode_task(env_cfg, cfg, index)
+    def run(self, env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
+            agent: dict | None = None) -> tuple[int, int, bytes]:
+        return _episode_task(env_cfg, cfg, index, agent)
 
 
 @dataclass
@@ -115,11 +134,12 @@ def pending_episodes(folder: Path, episodes: int) -> tuple[list[int], int]:
 
 
 def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None = None,
-                     progress: bool = True) -> RolloutSummary:
+                     progress: bool = True, agent: dict | None = None) -> RolloutSummary:
     """Collect the missing episodes of `config.rollouts` into `folder`, in parallel.
 
     `workers` (default: `config.rollouts.workers`, 0 = every CPU Ray offers) bounds the
-    episodes in flight. Returns counts and throughput of this call.
+    episodes in flight; `agent` (`agent_spec`) plays them instead of the random policy.
+    Returns counts and throughput of this call.
     """
     from worldmodels.parallel import cluster_cpus, init_ray
 
@@ -140,6 +160,7 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
     actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)(EpisodeWorker)
     actors = [actor_class.remote() for _ in range(parallel)]
     ray.get([actor.ready.remote() for actor in actors])
+    agent_ref = ray.put(agent) if agent is not None else None  # V and M travel once per node
     load = [0] * parallel
     owner: dict = {}
 
@@ -147,7 +168,8 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.episodes, initial=skipped, unit="ep", desc="rollouts", dynamic_ncols=True)
+        bar = tqdm(total=cfg.episodes, initial=skipped, unit="ep", dynamic_ncols=True,
+                   desc="agent rollouts" if agent else "rollouts")
     start, steps, written = time.perf_counter(), 0, 0
     queue, in_flight, writes = list(todo), [], []
     # Files are written (and fsynced) by a helper thread, so the loop hands the next episode
@@ -157,7 +179,7 @@ def collect_rollouts(config: Config, folder: str | Path, *, workers: int | None 
         while queue or in_flight:
             for a, actor in enumerate(actors):
                 while queue and load[a] < 2:
-                    ref = actor.run.remote(config.env, cfg, queue.pop(0))
+                    ref = actor.run.remote(config.env, cfg, queue.pop(0), agent_ref)
                     owner[ref], load[a] = a, load[a] + 1
                     in_flight.append(ref)
             ready, in_flight = ray.wait(in_flight, num_returns=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,13 +291,18 @@ def split_series(folder: Path, holdout_fraction: float) -> tuple[list[Path], lis
 
 
 def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
-                 progress_fn: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train M on RUN/series into RUN/mdnrnn; resumes from RUN/mdnrnn/checkpoint.msgpack."""
+                 progress_fn: Callable[[dict], None] | None = None,
+                 series: Sequence[Path] | None = None) -> dict[str, Any]:
+    """Train M on RUN/series (or on every folder of `series`, each split into train and
+    held-out alike) into RUN/mdnrnn; resumes from RUN/mdnrnn/checkpoint.msgpack."""
     cfg = config.mdnrnn
     run = Path(run)
     out = run / "mdnrnn"
     out.mkdir(parents=True, exist_ok=True)
-    train_paths, heldout_paths = split_series(run / "series", cfg.holdout_fraction)
+    train_paths, heldout_paths = [], []
+    for folder in series or [run / "series"]:
+        train, held = split_series(Path(folder), cfg.holdout_fraction)
+        train_paths, heldout_paths = train_paths + train, heldout_paths + held
     data = SeriesData.load(train_paths)
     if data.latent_dim != config.vision.latent_dim:
         raise DataError(f"the series hold z of size {data.latent_dim} but vision.latent_dim is "
@@ -317,6 +322,13 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     if ckpt_path.exists():
         check_mdnrnn_meta(read_checkpoint_meta(ckpt_path), cfg, data.latent_dim, data.action_dim, ckpt_path)
         state, _ = load_checkpoint(ckpt_path, state)
+    elif cfg.init_from:
+        start = Path(cfg.init_from)
+        if not start.exists():
+            raise CheckpointError(f"mdnrnn.init_from: no M at {start}; train one first or clear the field")
+        check_mdnrnn_meta(read_checkpoint_meta(start), cfg, data.latent_dim, data.action_dim, start)
+        params, _ = load_checkpoint(start, jax.device_get(state.params))
+        state = init_train_state(lambda k: params, tx, jax.random.key(cfg.seed))
     step = int(state.step)
     log = MetricsLog(out / "metrics.csv", METRIC_COLUMNS, resume_step=step)
     arrays = jax.tree.map(jnp.asarray, data.arrays())
