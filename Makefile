@@ -64,7 +64,7 @@ temperature-sweep: $(STAMP)
 doom-temperature-sweep:
 	$(MAKE) --no-print-directory temperature-sweep CONFIG=$(if $(filter doom-%,$(CONFIG)),$(CONFIG),doom-default)
 
-# One round of the paper's iterative procedure: RUN's agent plays (with exploration noise), M
+# One round of the paper's iterative procedure: RUN's agent plays (exploring now and then), M
 # retrains on all data, C evolves again; results in RUN/round$(ROUND) and RUN/iterate.csv.
 iterate: $(STAMP)
 	$(STAGE).iterate --config $(CONFIG) --run $(RUN) --round $(ROUND) $(ARGS)

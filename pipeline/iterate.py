@@ -69,14 +69,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     from jax.flatten_util import ravel_pytree
 
     from worldmodels.data.atomic import atomic_write_text, remove_stale_temporaries
-    from worldmodels.data.series import encode_rollouts, vision_fingerprint
+    from worldmodels.data.episodes import list_episodes
     from worldmodels.evaluate import evaluate_agent
     from worldmodels.rollout.agent import load_controller, load_world_model
     from worldmodels.rollout.collect import agent_spec, collect_rollouts
     from worldmodels.run_dir import prepare_stage_dir
     from worldmodels.train.es import train_controller
     from worldmodels.train.mdnrnn import train_mdnrnn
-    from worldmodels.train.vision import load_vision
 
     rconfig = round_config(config, run, k)
     out = run / f"round{k}"
@@ -96,12 +95,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     if own_ray:
         ray.shutdown()  # an idle Ray slows M's training (scripts/bench.py); C starts it again
 
-    # 2. V encodes them.
-    model, vparams = load_vision(run / "vision", config.vision)
-    series = prepare_stage_dir(out, "series", rconfig, sections=("env",))
-    encode_rollouts(folder, series, model, vparams, vision_id=vision_fingerprint(run / "vision" / "params.msgpack"),
-                    batch_size=config.series.batch_size, frame_size=config.env.frame_size,
-                    devices=config.vision.devices)
+    # 2. RUN's V encodes them, as `make series` does.
+    from pipeline.series import encode_stage
+
+    encode_stage(rconfig, out, run / "vision")
 
     # 3. M retrained on everything collected so far.
     from pipeline.train_rnn import FREE_FIELDS as RNN_FREE
@@ -123,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     # 5. Scored in the real env.
     remove_stale_temporaries(out / "eval")
     e_summary = evaluate_agent(out, config.eval, out / "eval")
-    row = {"round": k, "episodes": len(list(folder.glob("episode_*.npz"))),
+    row = {"round": k, "episodes": len(list_episodes(folder)),
            "agent_episode_mean_steps": round(summary.steps / max(summary.written, 1), 1) if summary.written else "",
            "train_episodes_m": m_summary["train_episodes"],
            "heldout_done_recall": round(m_summary.get("heldout_done_recall", float("nan")), 3),

@@ -215,7 +215,7 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
                                                                          for r in sweep["rows"]]
     assert len(read_csv(own / "controller" / "generations.csv")) == 2
 
-    # `make iterate`: the agent plays (with noise), M retrains on old + new series, C again.
+    # `make iterate`: the agent plays (exploring), M retrains on old + new series, C again.
     import pipeline.iterate
 
     pipeline.iterate.main(argv + ["--eval.videos", "false"])
