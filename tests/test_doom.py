@@ -227,6 +227,7 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
     assert len(list_series(r1 / "series")) == 3 and (r1 / "vision").is_symlink()
     m1 = json.loads((r1 / "mdnrnn" / "summary.json").read_text())
     assert m1["steps"] == 4 and m1["train_episodes"] + m1["heldout_episodes"] == 4 + 3  # old + new data
+    assert (r1 / "mdnrnn" / "dream_strip.png").exists()  # from a held-out episode of RUN/series
     assert json.loads((r1 / "mdnrnn" / "config.json").read_text())["mdnrnn"]["init_from"].endswith(
         "doom/mdnrnn/params.msgpack")
     assert json.loads((r1 / "eval" / "summary.json").read_text())["episodes"] == 2

@@ -433,7 +433,7 @@ def save_dream_video(run: Path, config: Config, module: MDNRNN, params, series_p
 
     out = run / "mdnrnn"
     vision, vparams = load_vision(run / "vision", config.vision)
-    rollout = run / "rollouts" / series_paths[0].name
+    rollout = series_paths[0].parent.parent / "rollouts" / series_paths[0].name  # RUN/series <-> RUN/rollouts
     if not rollout.exists():
         return
     series = load_series(series_paths[0])
