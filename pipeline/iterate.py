@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> str:
            "train_episodes_m": m_summary["train_episodes"],
            "heldout_done_recall": round(m_summary.get("heldout_done_recall", float("nan")), 3),
            "c_best_fitness": round(float(c_summary["best_fitness"]), 1),
-           "c_kept_check": round(float(c_summary["best_real_check"]), 1),
+           "c_kept_check": round(float(c_summary["best_check"]), 1),
            "eval_mean": round(e_summary["mean"], 1), "eval_std": round(e_summary["std"], 1),
            "eval_episodes": e_summary["episodes"]}
     append_row(run / "iterate.csv", row)

@@ -212,8 +212,8 @@ def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, t
 
     out, ref = run / "controller", reference / "controller"
     assert_same_rows(generations, ref / "generations.csv",
-                     ("generation", "mean", "best", "worst", "sigma", "real_best", "real_mean_candidate",
-                      "real_score_kept"))
+                     ("generation", "mean", "best", "worst", "sigma", "check_best", "check_mean_candidate",
+                      "check_kept"))
     assert_same_json(out / "best.json", ref / "best.json")
     assert_same_tree(out / "best.msgpack", ref / "best.msgpack")
 

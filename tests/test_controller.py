@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import copy_run, run_stage
 from worldmodels.errors import ConfigError
-from worldmodels.train.es import make_cma
+from worldmodels.train.es import OLD_NAMES, make_cma
 from worldmodels.viz.plots import read_csv
 
 
@@ -53,14 +53,25 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
     run_stage("train_controller", "--config", "tiny", "--run", str(straight), "--controller.dream", "1")
     rows = read_csv(straight / "controller" / "generations.csv")
     assert [r["generation"] for r in rows] == [1, 2]
-    assert all(np.isfinite(r["mean"]) and "real_best" in r for r in rows)
+    assert all(np.isfinite(r["mean"]) and "check_best" in r for r in rows)
     for name in ("best.msgpack", "best_fitness.msgpack", "cma_state.pkl", "curves.png", "summary.json"):
         assert (straight / "controller" / name).exists(), name
 
     resumed = copy_run(tiny_world, tmp_path / "resumed")
     run_stage("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1",
               "--controller.generations", "1")
+    # As a run written before the checks' columns were renamed (real_* -> check_*) left them.
+    ctrl = resumed / "controller"
+    for name in ("generations.csv", "best.json"):
+        text = (ctrl / name).read_text()
+        for old, new in sorted(OLD_NAMES.items(), key=lambda kv: -len(kv[1])):
+            text = text.replace(f'"{new}"' if name == "best.json" else new, f'"{old}"' if name == "best.json" else old)
+        assert "check" not in text.replace('"checks"', ""), text
+        (ctrl / name).write_text(text)
     run_stage("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1")
+    resumed_rows = read_csv(ctrl / "generations.csv")
+    assert [r["check_kept"] for r in resumed_rows] == [r["check_kept"] for r in rows]
+    assert json.loads((ctrl / "best.json").read_text())["check"] == max(r["check_kept"] for r in rows)
     a = pickle.loads((straight / "controller" / "cma_state.pkl").read_bytes())
     b = pickle.loads((resumed / "controller" / "cma_state.pkl").read_bytes())
     np.testing.assert_array_equal(a.mean, b.mean)

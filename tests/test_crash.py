@@ -206,8 +206,8 @@ def compare_with_undisturbed(stage: str, run: Path, ref: Path) -> None:
         assert_same_json(out / "best.json", ref_out / "best.json")
         assert_same_json(out / "summary.json", ref_out / "summary.json", ignore=("train_seconds_this_run",))
         assert_same_rows(out / "generations.csv", ref_out / "generations.csv",
-                         ("generation", "mean", "best", "worst", "sigma", "real_best", "real_mean_candidate",
-                          "real_score_kept"))
+                         ("generation", "mean", "best", "worst", "sigma", "check_best", "check_mean_candidate",
+                          "check_kept"))
         es, ref_es = (pickle.loads((o / "cma_state.pkl").read_bytes()) for o in (out, ref_out))
         assert es.countiter == ref_es.countiter and es.sigma == ref_es.sigma
         np.testing.assert_array_equal(es.mean, ref_es.mean)

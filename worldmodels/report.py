@@ -83,8 +83,8 @@ def write_report(run: str | Path) -> Path:
         lines += ["## 4. C (controller)", "",
                   f"{c.get('parameters')} parameters evolved with CMA-ES {mode} for {c.get('generations')} "
                   f"generations; best population fitness {_fmt(c.get('best_fitness'))}, best "
-                  f"{c.get('checks', 'real')}-env check {_fmt(c.get('best_real_check'))} "
-                  f"(generation {c.get('best_real_check_generation')}).",
+                  f"{c.get('checks', 'real')}-env check {_fmt(c.get('best_check', c.get('best_real_check')))} "
+                  f"(generation {c.get('best_check_generation', c.get('best_real_check_generation'))}).",
                   "", _picture(run, "controller/curves.png", "C curves")]
     e = _json(run / "eval" / "summary.json")
     if e:

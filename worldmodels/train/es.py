@@ -6,7 +6,8 @@ Each generation: `ask` a population, score every candidate by its mean return ov
 generation's best candidate and the search mean are scored in the real environment on fixed
 seeds (or, with `controller.checks` 'dream', in the dream on fixed keys, so C never sees the
 real game before evaluation: Doom); the best of those is `controller/best.msgpack`, the agent
-`make evaluate` scores. The generations.csv columns keep their real_* names either way.
+`make evaluate` scores. generations.csv's check_* columns and best.json's `check` hold those
+checks wherever they ran (`checks` in best.json says where).
 pycma's state (its own pickle, the one pickled file of the project) and the best parameters
 are saved every generation, so a killed run resumes the same search.
 """
@@ -33,8 +34,16 @@ from worldmodels.models.controller import controller_features, controller_output
 from worldmodels.rollout.agent import WorldModel, load_world_model
 from worldmodels.train.common import MetricsLog
 
-COLUMNS = ("generation", "mean", "best", "worst", "sigma", "steps_per_s", "seconds", "real_best",
-           "real_mean_candidate", "real_score_kept")
+COLUMNS = ("generation", "mean", "best", "worst", "sigma", "steps_per_s", "seconds", "check_best",
+           "check_mean_candidate", "check_kept")
+# Names before session 10, when the checks could only run in the real env: a resumed run's
+# generations.csv and best.json are read under the new names.
+OLD_NAMES = {"real_best": "check_best", "real_mean_candidate": "check_mean_candidate",
+             "real_score_kept": "check_kept", "real": "check"}
+
+
+def renamed(row: dict) -> dict:
+    return {OLD_NAMES.get(k, k): v for k, v in row.items()}
 DREAM_CHUNK = 100  # dream steps between checks that the whole batch of episodes has ended
 TRAIN_SEED_BASE = 1_000_000  # real-env seeds used while training (evaluation uses SEED=...)
 EVAL_SEED_BASE = 2_000_000  # fixed seeds of the periodic real-env checks
@@ -195,10 +204,11 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         es = make_cma(len(flat0), cfg.population, cfg.sigma0, cfg.seed, x0)
     generation = es.countiter
     log = MetricsLog(out / "generations.csv", COLUMNS, resume_step=generation, key="generation")
+    log.rows = [renamed(r) for r in log.rows]
     scorer = DreamScorer(world, config, run / "series") if cfg.dream else RealScorer(world, config)
     checker = scorer.episodes if isinstance(scorer, RealScorer) else None
     meta_path = out / "best.json"
-    best = json.loads(meta_path.read_text()) if meta_path.exists() else {"fitness": -np.inf, "real": -np.inf}
+    best = renamed(json.loads(meta_path.read_text())) if meta_path.exists() else {"fitness": -np.inf, "check": -np.inf}
     start = time.perf_counter()
     if progress and generation < cfg.generations:
         mode = "dream" if cfg.dream else "real env"
@@ -225,15 +235,16 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
                 if checker is None:
                     checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
                 scores = real_scores(checker, candidates, config)
-            row["real_best"], row["real_mean_candidate"] = float(scores[0]), float(scores[1])
+            row["check_best"], row["check_mean_candidate"] = float(scores[0]), float(scores[1])
             pick = int(np.argmax(scores))
-            if scores[pick] > best["real"]:
-                best["real"], best["generation"] = float(scores[pick]), generation
+            if scores[pick] > best["check"]:
+                best["check"], best["generation"] = float(scores[pick]), generation
                 best["which"] = ["generation best", "search mean"][pick]
-                best["checks"] = cfg.checks  # where `real` was scored: the real env or the dream
+                best["checks"] = cfg.checks  # where `check` was scored: the real env or the dream
                 save_checkpoint(out / "best.msgpack", unravel(jnp.asarray(candidates[pick])),
-                                {"generation": generation, "real_score": float(scores[pick])})
-            row["real_score_kept"] = best["real"]
+                                {"generation": generation, "check_score": float(scores[pick]),
+                                 "checks": cfg.checks})
+            row["check_kept"] = best["check"]
         row["seconds"] = time.perf_counter() - t0
         log.append(row)
         # Order matters for a kill at any moment: parameters first, then the search state
@@ -242,9 +253,8 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         log.write()
         atomic_write_bytes(state_path, pickle.dumps(es))
         if progress:
-            # The check columns keep their names (real_*) whatever `checks` says; label them truly here.
-            real = (f" {cfg.checks} check {row['real_best']:.1f}/{row['real_mean_candidate']:.1f}"
-                    if "real_best" in row else "")
+            real = (f" {cfg.checks} check {row['check_best']:.1f}/{row['check_mean_candidate']:.1f}"
+                    if "check_best" in row else "")
             print(f"gen {generation:4d}  mean {row['mean']:8.1f}  best {row['best']:8.1f}  worst "
                   f"{row['worst']:8.1f}  sigma {row['sigma']:.4f}  {rate:9.0f} steps/s  "
                   f"{row['seconds']:.1f}s{real}", flush=True)
@@ -256,8 +266,8 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         save_checkpoint(out / "best.msgpack", params, meta)
     save_controller_pictures(out, log.rows, dream=cfg.dream, checks=cfg.checks)
     summary = {"generations": generation, "parameters": len(flat0), "dream": cfg.dream, "checks": cfg.checks,
-               "best_fitness": best["fitness"], "best_real_check": best["real"],
-               "best_real_check_generation": best.get("generation"),
+               "best_fitness": best["fitness"], "best_check": best["check"],
+               "best_check_generation": best.get("generation"),
                "train_seconds_this_run": time.perf_counter() - start}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -269,6 +279,6 @@ def save_controller_pictures(out: Path, rows, dream: bool, checks: str = "real")
     if not rows:
         return
     label = "dream return" if dream else "return"
-    panels = [["mean", "best", "worst"], ["real_best", "real_mean_candidate"], ["sigma"]]
+    panels = [["mean", "best", "worst"], ["check_best", "check_mean_candidate"], ["sigma"]]
     plot_curves(out / "curves.png", rows, x="generation", panels=panels,
                 title=f"C with CMA-ES: population {label} (left), {checks}-env checks (middle)")
