@@ -227,3 +227,76 @@ def test_window_past_the_episode_end_counts_only_its_real_steps():
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, want_grads)
+
+
+def test_lanes_read_each_episode_whole_in_consecutive_windows():
+    """`mdnrnn.carry_state`'s lanes: every visit to an episode starts at its first frame (a
+    fresh window), moves on by seq_len, and ends only after its last frame was read."""
+    from worldmodels.train.mdnrnn import Lanes
+
+    lengths, seq_len = np.array([7, 3, 12, 4]), 4
+    lanes = Lanes(lengths, batch_size=3, seq_len=seq_len, seed=0)
+    episode_starts = np.cumsum(lengths) - lengths
+    visits = {j: [] for j in range(3)}
+    for _ in range(300):
+        starts, fresh = lanes.windows(episode_starts)
+        for j in range(3):
+            e = int(np.searchsorted(episode_starts, starts[j], side="right") - 1)
+            offset = int(starts[j] - episode_starts[e])
+            if fresh[j]:
+                visits[j].append((e, []))
+            assert visits[j][-1][0] == e
+            visits[j][-1][1].append(offset)
+        lanes.advance()
+    seen = set()
+    for j in range(3):
+        for e, offsets in visits[j][:-1]:  # the last visit may be unfinished
+            assert offsets == list(range(0, lengths[e], seq_len)), (e, offsets)
+            seen.add(e)
+    assert seen == {0, 1, 2, 3}
+    again = Lanes(lengths, batch_size=3, seq_len=seq_len, seed=0)  # a resume replays the same
+    for _ in range(300):
+        again.advance()
+    np.testing.assert_array_equal(again.windows(episode_starts)[0], lanes.windows(episode_starts)[0])
+
+
+def test_carried_state_continues_the_sequence():
+    """Truncated backpropagation's forward pass: the loss of a window started from the state the
+    previous window ended in equals that part of one long sequence; a fresh lane's step is
+    exactly the plain window step."""
+    from worldmodels.models.mdnrnn import LSTMState
+    from worldmodels.train.mdnrnn import gather_batch, make_carry_train_step, make_loss
+
+    cfg = get_config("tiny", ["--mdnrnn.seq_len", "10", "--mdnrnn.batch_size", "2"]).mdnrnn
+    module = make_module(cfg, latent_dim=6, action_dim=3)
+    params = init_params(module, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    n = 40
+    data = {"mu": rng.normal(size=(n, 6)), "logvar": np.full((n, 6), -80.0),  # z = mu exactly
+            "action": rng.uniform(-1, 1, size=(n, 3)), "reward": rng.normal(size=n),
+            "done": (np.arange(n) == n - 1) * 1.0}
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    data["episode_start"], data["episode_end"] = jnp.zeros(n, jnp.int32), jnp.full(n, n - 1, jnp.int32)
+    loss = jax.jit(make_loss(module, cfg))
+    zero = module.initial_state((1,))
+    _, (_, first_end) = loss(params, gather_batch(data, jnp.asarray([0]), 10, None, time_major=True), zero)
+    _, (second, second_end) = loss(params, gather_batch(data, jnp.asarray([10]), 10, None, time_major=True),
+                                   first_end)
+    whole = gather_batch(data, jnp.asarray([0]), 20, None, time_major=True)
+    final, out, _ = module.apply({"params": params}, module.inputs(whole["z"], whole["action"]), time_major=True)
+    ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, whole["z_next"]).mean(-1)
+    np.testing.assert_allclose(second["z_nll"], -ll[10:].mean(), rtol=1e-5)
+    np.testing.assert_allclose(second_end.h, final.h, rtol=1e-5, atol=1e-6)
+
+    tx = make_optimizer(cfg)
+    state = init_train_state(lambda k: params, tx, jax.random.key(0))
+    starts, key = jnp.asarray([0, 10]), jax.random.key(3)
+    stale = LSTMState(jnp.ones((2, module.hidden)), jnp.ones((2, module.hidden)))
+    carried, metrics, _ = jax.jit(make_carry_train_step(module, cfg, tx))(state, data, starts, key, stale,
+                                                                         jnp.asarray([True, True]))
+    plain, plain_metrics = jax.jit(make_train_step(module, cfg, tx))(state, data, starts, key)
+    np.testing.assert_allclose(metrics["loss"], plain_metrics["loss"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), carried.params, plain.params)
+    _, other, _ = jax.jit(make_carry_train_step(module, cfg, tx))(state, data, starts, key, stale,
+                                                                  jnp.asarray([False, False]))
+    assert abs(float(other["loss"]) - float(metrics["loss"])) > 1e-4  # the carry is used

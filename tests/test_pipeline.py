@@ -123,3 +123,29 @@ def test_train_rnn_can_keep_freed_memory_before_jax_starts(env, applied):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "WORLDMODELS_MALLOC": "", **env}).stdout.split()
     assert out == [applied, "False"]
+
+
+def test_carry_state_training_resumes_exactly(tmp_path, tiny_world):
+    """`mdnrnn.carry_state`: the lanes' LSTM states go into the checkpoint and their places are
+    replayed, so a run stopped at a checkpoint and resumed ends with the same M."""
+    from flax import serialization
+
+    from worldmodels.config import get_config
+    from worldmodels.train.mdnrnn import train_mdnrnn
+
+    def config(steps):
+        return get_config("tiny", ["--mdnrnn.carry_state", "true", "--mdnrnn.seq_len", "16",
+                                   "--mdnrnn.checkpoint_every", "5", "--mdnrnn.steps", str(steps)])
+
+    straight, resumed = (copy_run(tiny_world, tmp_path / name, parts=("series",)) for name in ("a", "b"))
+    summary = train_mdnrnn(config(12), straight, progress=False)
+    train_mdnrnn(config(5), resumed, progress=False)
+    assert read_checkpoint_meta(resumed / "mdnrnn" / "checkpoint.msgpack")["step"] == 5
+    train_mdnrnn(config(12), resumed, progress=False)
+
+    def params(run):
+        return serialization.msgpack_restore((run / "mdnrnn" / "params.msgpack").read_bytes())["state"]
+
+    for a, b in zip(jax.tree.leaves(params(straight)), jax.tree.leaves(params(resumed)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert summary["steps"] == 12 and np.isfinite(summary["heldout_z_nll"])

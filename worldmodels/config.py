@@ -139,6 +139,12 @@ class MDNRNNConfig:
     state, as every dream does (the original trained on whole episodes): M can integrate what
     it did since the start (Doom: where the player stands, how often it was hit). Such a window
     may run past its episode's end; those steps are masked out of every loss term."""
+    carry_state: bool = False
+    """Train on every frame of episodes of any length by truncated backpropagation: each of the
+    batch's lanes reads one episode in consecutive `seq_len` windows from its first frame,
+    carrying M's LSTM state from one train step to the next, and starts another episode (from
+    the zero state, as a dream does) when it ends; gradients stop at window borders. Replaces
+    start_windows and end_windows (with those, M never sees a frame past `seq_len`)."""
     min_log_sigma: float = -5.0
     """Bounds on each component's log sigma, so the likelihood stays finite."""
     max_log_sigma: float = 2.0

@@ -225,13 +225,13 @@ class MDNRNN(nn.Module):
         return LSTMState(h, c), self.mdn(hs), hs
 
     def sequence_nll(self, x: jax.Array, target: jax.Array, weight: jax.Array,
-                     state: LSTMState | None = None):
+                     state: LSTMState | None = None, return_state: bool = False):
         """The training path, time-major: x (T, B, I), target z_{t+1} (T, B, Z), weight (T, B) ->
-        (sum of weight · per-step NLL, reward logits (T, B), done logits (T, B)), through the
-        fused `head_nll`. Equal to `__call__` + `mdn_log_likelihood` (a test pins it)."""
+        (sum of weight · per-step NLL, reward logits (T, B), done logits (T, B)[, final state]),
+        through the fused `head_nll`. Equal to `__call__` + `mdn_log_likelihood` (a test pins it)."""
         if state is None:
             state = self.initial_state(x.shape[1:2])
-        hs, _ = lstm_sequence(self.w_x, self.w_h, self.b, x, state.h, state.c)
+        hs, (h, c) = lstm_sequence(self.w_x, self.w_h, self.b, x, state.h, state.c)
         T, B, H = hs.shape
         head = self.head.variables["params"]
         nll, extra = head_nll(head["kernel"], head["bias"], hs.reshape(T * B, H),
@@ -241,6 +241,8 @@ class MDNRNN(nn.Module):
         zeros = jnp.zeros((T, B), extra.dtype)
         reward = extra[..., 0] if self.reward_head != "none" else zeros
         done = extra[..., -1] if self.done_head else zeros - 30.0
+        if return_state:
+            return nll, reward, done, LSTMState(h, c)
         return nll, reward, done
 
     def step(self, state: LSTMState, x: jax.Array):

@@ -4,7 +4,9 @@ Sequences are windows of `seq_len` steps inside one episode. The whole series si
 (it is small: 2·Z floats per frame), and each train step gathers its windows and samples
 z ~ N(mu, sigma) inside the jitted step, so the host only draws B start indices per step.
 The last step of an episode has no next frame: its z target is masked, while its reward and
-done targets still train the heads (this is where done = 1 lives).
+done targets still train the heads (this is where done = 1 lives). With `mdnrnn.carry_state`
+the windows are instead consecutive pieces of whole episodes (`Lanes`), and M's LSTM state
+is carried from one train step to the next (truncated backpropagation through time).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from worldmodels.data.episodes import holdout_split
 from worldmodels.data.series import list_series, load_series
 from worldmodels.errors import CheckpointError, ConfigError, DataError
 from worldmodels.losses import binary_cross_entropy_with_logits, masked_mean, mdn_log_likelihood
-from worldmodels.models.mdnrnn import MDNRNN, mixture_mean
+from worldmodels.models.mdnrnn import MDNRNN, LSTMState, mixture_mean
 from worldmodels.train.common import MetricsLog, TrainState, init_train_state
 
 ARCHITECTURE_FIELDS = ("hidden", "mixtures", "prev_reward_input", "reward_head", "done_head",
@@ -143,20 +145,20 @@ def make_loss(module: MDNRNN, cfg: MDNRNNConfig, fused: bool = True) -> Callable
     M's training path (`MDNRNN.sequence_nll`: the head and its NLL as one op); without it the
     plain path (`__call__`, then `mdn_log_likelihood`), kept as the reference a test pins."""
 
-    def z_nll_of(params, x, batch):
+    def z_nll_of(params, x, batch, state):
         mask = batch["z_mask"].astype(x.dtype)
         if fused:
             weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
-            nll, reward, done = module.apply({"params": params}, x, batch["z_next"], weight,
-                                             method=MDNRNN.sequence_nll)
-            return nll, reward, done
-        _, out, _ = module.apply({"params": params}, x, time_major=True)
+            return module.apply({"params": params}, x, batch["z_next"], weight, state, True,
+                                method=MDNRNN.sequence_nll)
+        final, out, _ = module.apply({"params": params}, x, state, time_major=True)
         ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
-        return -masked_mean(ll, mask), out.reward, out.done
+        return -masked_mean(ll, mask), out.reward, out.done, final
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, state: LSTMState | None = None):
+        """-> (loss, metrics), or (loss, (metrics, final LSTM state)) when given a start `state`."""
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
-        z_nll, reward, done = z_nll_of(params, x, batch)
+        z_nll, reward, done, final = z_nll_of(params, x, batch, state)
         target = reward_target(cfg, batch["reward"], batch["done"])
         step_mask = batch["mask"].astype(x.dtype)  # 0 past an episode's end
         if cfg.reward_head == "binary":
@@ -168,7 +170,8 @@ def make_loss(module: MDNRNN, cfg: MDNRNNConfig, fused: bool = True) -> Callable
         done_loss = (masked_mean(binary_cross_entropy_with_logits(done, batch["done"]), step_mask)
                      if cfg.done_head else jnp.zeros(()))
         total = z_nll + cfg.reward_weight * reward_loss + cfg.done_weight * done_loss
-        return total, {"loss": total, "z_nll": z_nll, "reward_loss": reward_loss, "done_loss": done_loss}
+        metrics = {"loss": total, "z_nll": z_nll, "reward_loss": reward_loss, "done_loss": done_loss}
+        return total, (metrics if state is None else (metrics, final))
 
     return loss_fn
 
@@ -188,6 +191,49 @@ def make_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientTransfo
         return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
 
     return train_step
+
+
+def make_carry_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientTransformation) -> Callable:
+    """`mdnrnn.carry_state`: (state, data, starts (B,), key, carry LSTMState (B, H), fresh (B,))
+    -> (state, metrics, carry). Lanes that start an episode (`fresh`) begin from the zero
+    state, the others from `carry`, the state their previous window ended in. Not jitted."""
+    loss_fn = make_loss(module, cfg)
+
+    def train_step(state: TrainState, data, starts, key, carry: LSTMState, fresh):
+        batch = gather_batch(data, starts, cfg.seq_len, key, time_major=True)
+        keep = (~fresh)[:, None].astype(carry.h.dtype)
+        start = LSTMState(carry.h * keep, carry.c * keep)
+        (_, (metrics, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, start)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+        return new, metrics, jax.lax.stop_gradient(final)
+
+    return train_step
+
+
+class Lanes:
+    """`mdnrnn.carry_state`'s batch: lane j reads episode after episode (drawn uniformly from
+    (seed, j, k)), `seq_len` frames per train step. Where every lane stands depends only on
+    (seed, step), so a resumed run replays the same windows."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seq_len: int, seed: int):
+        self.lengths, self.seq_len, self.seed = np.asarray(lengths), seq_len, seed
+        self.count = np.zeros(batch_size, np.int64)  # episodes begun per lane, minus one
+        self.episode = np.array([self._draw(j, 0) for j in range(batch_size)])
+        self.offset = np.zeros(batch_size, np.int64)
+
+    def _draw(self, lane: int, k: int) -> int:
+        return int(np.random.default_rng([self.seed, lane, k]).integers(len(self.lengths)))
+
+    def windows(self, episode_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(global start index of each lane's window (B,), fresh (B,): the window begins an episode)."""
+        return episode_starts[self.episode] + self.offset, self.offset == 0
+
+    def advance(self) -> None:
+        self.offset += self.seq_len
+        for j in np.flatnonzero(self.offset >= self.lengths[self.episode]):
+            self.count[j] += 1
+            self.episode[j], self.offset[j] = self._draw(j, int(self.count[j])), 0
 
 
 def mdnrnn_meta(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> dict[str, Any]:
@@ -230,17 +276,20 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
     """One-step prediction quality on held-out windows (z = mu, no sampling): the mixture's
     NLL per dimension, the MSE of its mean against the next mu, the MSE of simply copying
     the current z (a baseline a useful M must beat), and the reward/done heads' accuracy.
-    With `start_windows`, the windows are whole episodes from their first frame, as M is
-    trained and dreams."""
-    starts_all = data.episode_starts() if cfg.start_windows > 0 else data.window_starts(cfg.seq_len)
+    With `start_windows`, the windows begin at episodes' first frames, as M is trained and
+    dreams; with `carry_state`, they are whole episodes."""
+    whole = cfg.start_windows > 0 or cfg.carry_state
+    starts_all = data.episode_starts() if whole else data.window_starts(cfg.seq_len)
     if len(starts_all) == 0:
         return {}
+    # carry_state trains on every frame: score whole episodes, not only their first seq_len.
+    length = int(data.lengths.max()) if cfg.carry_state else cfg.seq_len
     starts = np.random.default_rng(seed).choice(starts_all, size=min(windows, len(starts_all)),
                                                  replace=False)
 
     @jax.jit
     def run(params, arrays, starts):
-        batch = gather_batch(arrays, starts, cfg.seq_len, None)
+        batch = gather_batch(arrays, starts, length, None)
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
         _, out, _ = module.apply({"params": params}, x)
         mask, step_mask = batch["z_mask"], batch["mask"]
@@ -257,7 +306,7 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
             result["heldout_reward_positive_rate"] = masked_mean(target, step_mask)
         elif cfg.reward_head == "regression":
             result["heldout_reward_mse"] = masked_mean(jnp.square(out.reward - target), step_mask)
-        if cfg.done_head and cfg.start_windows > 0:
+        if cfg.done_head and whole:
             # Episodes from their start: does P(done) pass 0.5 at the deaths inside the windows,
             # and how often on the other steps?
             fired = (out.done > 0.0).astype(jnp.float32)
@@ -281,6 +330,21 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         result["heldout_done_recall"] = float(jnp.mean(done[:, -1]))
         result["heldout_done_false_rate"] = float(jnp.mean(done[:, :-1]))
     return result
+
+
+def window_batch(cfg: MDNRNNConfig, step: int, starts: np.ndarray, end_starts: np.ndarray,
+                 episode_starts: np.ndarray) -> jax.Array:
+    """The B window starts of a train step: uniform windows, then `end_windows` and
+    `start_windows` shares. They depend only on (seed, step): a resumed run sees the same batches."""
+    rng = np.random.default_rng([cfg.seed, step])
+    batch_starts = rng.choice(starts if len(starts) else episode_starts, size=cfg.batch_size)
+    n_end = int(round(cfg.end_windows * cfg.batch_size)) if len(end_starts) else 0
+    if n_end:
+        batch_starts[:n_end] = rng.choice(end_starts, size=n_end)
+    n_start = int(round(cfg.start_windows * cfg.batch_size))
+    if n_start:
+        batch_starts[n_end:n_end + n_start] = rng.choice(episode_starts, size=n_start)
+    return jnp.asarray(batch_starts)
 
 
 def split_series(folder: Path, holdout_fraction: float) -> tuple[list[Path], list[Path]]:
@@ -311,17 +375,23 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
         raise ConfigError("mdnrnn.end_windows and mdnrnn.start_windows are shares of a batch: each >= 0, "
                           f"together <= 1 (got {cfg.end_windows} and {cfg.start_windows})")
     starts = data.window_starts(cfg.seq_len)
-    if len(starts) == 0 and cfg.end_windows + cfg.start_windows < 1.0:
+    if len(starts) == 0 and cfg.end_windows + cfg.start_windows < 1.0 and not cfg.carry_state:
         raise DataError(f"no episode in {run / 'series'} has {cfg.seq_len} steps (longest: "
                         f"{data.lengths.max()}); lower --mdnrnn.seq_len or collect longer rollouts")
     end_starts, episode_starts = data.end_window_starts(cfg.seq_len), data.episode_starts()
     module = make_module(cfg, data.latent_dim, data.action_dim)
     tx = make_optimizer(cfg)
     state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(cfg.seed))
+    # carry_state: the lanes' LSTM states are part of the checkpoint, so a resume continues them.
+    carry = module.initial_state((cfg.batch_size,)) if cfg.carry_state else None
     ckpt_path = out / "checkpoint.msgpack"
     if ckpt_path.exists():
         check_mdnrnn_meta(read_checkpoint_meta(ckpt_path), cfg, data.latent_dim, data.action_dim, ckpt_path)
-        state, _ = load_checkpoint(ckpt_path, state)
+        if cfg.carry_state:
+            restored, _ = load_checkpoint(ckpt_path, {"train": state, "carry": carry})
+            state, carry = restored["train"], LSTMState(*restored["carry"])
+        else:
+            state, _ = load_checkpoint(ckpt_path, state)
     elif cfg.init_from:
         start = Path(cfg.init_from)
         if not start.exists():
@@ -332,13 +402,20 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     step = int(state.step)
     log = MetricsLog(out / "metrics.csv", METRIC_COLUMNS, resume_step=step)
     arrays = jax.tree.map(jnp.asarray, data.arrays())
-    step_fn = jax.jit(make_train_step(module, cfg, tx), donate_argnums=0)
+    if cfg.carry_state:
+        step_fn = jax.jit(make_carry_train_step(module, cfg, tx), donate_argnums=0)
+        lanes = Lanes(data.lengths, cfg.batch_size, cfg.seq_len, cfg.seed)
+        for _ in range(step):
+            lanes.advance()  # where the lanes stood when the checkpoint was written
+    else:
+        step_fn = jax.jit(make_train_step(module, cfg, tx), donate_argnums=0)
     key = jax.random.key(cfg.seed + 1)
     meta = mdnrnn_meta(cfg, data.latent_dim, data.action_dim)
 
     def checkpoint():
         log.write()  # before the checkpoint, as in train_vision: a kill between loses no rows
-        save_checkpoint(ckpt_path, jax.device_get(state), {**meta, "step": step})
+        tree = {"train": state, "carry": carry} if cfg.carry_state else state
+        save_checkpoint(ckpt_path, jax.device_get(tree), {**meta, "step": step})
 
     bar = None
     if progress and step < cfg.steps:
@@ -349,17 +426,14 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     pending = []
     try:
         while step < cfg.steps:
-            # Window starts depend only on (seed, step): a resumed run sees the same batches.
-            rng = np.random.default_rng([cfg.seed, step])
-            batch_starts = rng.choice(starts if len(starts) else episode_starts, size=cfg.batch_size)
-            n_end = int(round(cfg.end_windows * cfg.batch_size)) if len(end_starts) else 0
-            if n_end:
-                batch_starts[:n_end] = rng.choice(end_starts, size=n_end)
-            n_start = int(round(cfg.start_windows * cfg.batch_size))
-            if n_start:
-                batch_starts[n_end:n_end + n_start] = rng.choice(episode_starts, size=n_start)
-            batch_starts = jnp.asarray(batch_starts)
-            state, metrics = step_fn(state, arrays, batch_starts, jax.random.fold_in(key, step))
+            if cfg.carry_state:
+                lane_starts, fresh = lanes.windows(episode_starts)
+                state, metrics, carry = step_fn(state, arrays, jnp.asarray(lane_starts),
+                                                jax.random.fold_in(key, step), carry, jnp.asarray(fresh))
+                lanes.advance()
+            else:
+                state, metrics = step_fn(state, arrays, window_batch(cfg, step, starts, end_starts, episode_starts),
+                                         jax.random.fold_in(key, step))
             step += 1
             pending.append(metrics)
             if step % cfg.log_every == 0 or step == cfg.steps:
