@@ -149,3 +149,15 @@ def test_carry_state_training_resumes_exactly(tmp_path, tiny_world):
     for a, b in zip(jax.tree.leaves(params(straight)), jax.tree.leaves(params(resumed)), strict=True):
         np.testing.assert_array_equal(a, b)
     assert summary["steps"] == 12 and np.isfinite(summary["heldout_z_nll"])
+
+    # `--series`: M on several series folders (a run's and its rounds'), each split alike.
+    import pipeline.train_rnn
+
+    both = tmp_path / "both"
+    pipeline.train_rnn.main(["--config", "tiny", "--run", str(both), "--series", str(straight / "series"),
+                             str(resumed / "series"), "--mdnrnn.steps", "2"])
+    summary = json.loads((both / "mdnrnn" / "summary.json").read_text())
+    assert summary["train_episodes"] + summary["heldout_episodes"] == 2 * len(list_series(straight / "series"))
+    result = run_stage("train_rnn", "--config", "tiny", "--run", str(both), "--series", str(tmp_path / "nope"),
+                       check=False)
+    assert result.returncode == 2 and "nope" in result.stderr and "run `make series` first" in result.stderr
