@@ -114,6 +114,38 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
     assert not (tmp_path / "nope").exists()
 
 
+def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
+    """controller.dream_worlds: the run's own M listed twice is the plain dream (the same episode
+    keys, split in two); another M changes the scores; counts that do not split are refused."""
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.checkpoint import read_checkpoint_meta, save_checkpoint
+    from worldmodels.config import get_config
+    from worldmodels.rollout.agent import load_world_model
+    from worldmodels.train.es import DreamScorer
+
+    dream = ["--controller.dream", "1", "--controller.checks", "dream", "--controller.rollouts", "4",
+             "--controller.eval_episodes", "4"]
+    world = load_world_model(tiny_world, get_config("tiny", dream))
+    scorer = lambda *more: DreamScorer(world, get_config("tiny", [*dream, *more]), tiny_world / "series")
+    dim = len(ravel_pytree(world.controller_template())[0])
+    candidates = np.random.default_rng(0).normal(0, 0.5, (3, dim)).astype(np.float32)
+    plain = scorer()(candidates, 1)[0]
+    twice = scorer("--controller.dream_worlds", f"{tiny_world},{tiny_world / 'mdnrnn'}")(candidates, 1)[0]
+    np.testing.assert_allclose(twice, plain, rtol=1e-4)
+    other = tmp_path / "other" / "mdnrnn"
+    other.mkdir(parents=True)
+    meta = read_checkpoint_meta(tiny_world / "mdnrnn" / "params.msgpack")
+    save_checkpoint(other / "params.msgpack", jax.tree.map(lambda a: a * 1.5, world.rnn_params), meta)
+    mixed = scorer("--controller.dream_worlds", f"{tiny_world},{other}")
+    assert not np.allclose(mixed(candidates, 1)[0], plain)
+    assert mixed.returns(candidates, 4).shape == (3, 4)
+    with pytest.raises(ConfigError, match="controller.rollouts=3 does not split evenly"):
+        scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.rollouts", "3")
+    with pytest.raises(ConfigError, match="controller.eval_episodes=5"):
+        scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.eval_episodes", "5")
+
+
 def test_stall_steps_end_an_episode_without_reward(tiny_world):
     from worldmodels.config import get_config
     from worldmodels.rollout.agent import load_world_model, make_agent_step, run_episodes

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from worldmodels.config import get_config
-from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout, dream_rollout_python
+from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout, dream_rollout_python, dream_with_actions
 from worldmodels.losses import binary_cross_entropy_with_logits, mdn_log_likelihood
 from worldmodels.models.controller import carracing_squash, controller_features, controller_output
 from worldmodels.models.mdnrnn import MDNOutput, mixture_mean, sample_mdn
@@ -139,6 +139,88 @@ def test_dream_batches_with_vmap_and_freezes_finished_episodes():
                                                                k, 60)))(keys)
     assert totals.shape == (16,) and (lengths <= 40).all()  # capped by max_steps, not the scan
     assert np.isfinite(totals).all()
+
+
+def test_a_second_m_as_the_agents_reads_the_dream_of_the_world_m():
+    """agent_rnn = rnn is the plain dream; another agent M leaves the world's dynamics alone
+    (a z-only policy gets the same episodes) but is what C's h comes from."""
+    module, env, params = make_dream()
+    other = jax.tree.map(lambda a: -a, params.rnn)
+    zh = {"w": jax.random.normal(jax.random.key(2), (4 + module.hidden, 3)), "b": jnp.zeros(3)}
+    z_only = {"w": zh["w"].at[4:].set(0.0), "b": zh["b"]}
+    keys = jax.random.split(jax.random.key(3), 8)
+    run = lambda p, ctrl: jax.jit(jax.vmap(lambda k: dream_rollout(env, p, linear_policy, ctrl, k, 50)))(keys)
+    plain, same, swapped = params, params.replace(agent_rnn=params.rnn), params.replace(agent_rnn=other)
+    for a, b in zip(run(plain, zh), run(same, zh), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(run(plain, z_only), run(swapped, z_only), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert not np.allclose(run(plain, zh)[0], run(swapped, zh)[0])
+    # The observation's h is the agent M's LSTM on the dreamed z and actions.
+    obs, state = env.reset(keys[0], swapped)
+    action = jnp.array([0.3, 0.5, 0.0])
+    obs, new, _, _, _ = env.step(keys[1], state, action, swapped)
+    expected, _ = module.apply({"params": other}, module.initial_state(),
+                               module.inputs(state.z, action, state.prev_reward), method=module.step)
+    np.testing.assert_allclose(obs["h"], expected.h, rtol=1e-6)
+    assert not np.allclose(obs["h"], new.lstm.h)
+
+
+def test_predict_delta_models_the_change_of_z():
+    """`mdnrnn.predict_delta`: the loss is the mixture's NLL of z_{t+1} - z_t (both loss paths),
+    and the dream adds its draws to z, so a head that predicts "no change" keeps z where it
+    is while the plain M's head sends it to the mixture's mean."""
+    from worldmodels.train.mdnrnn import make_loss
+
+    cfg, delta = tiny_module(predict_delta=True)
+    _, plain = tiny_module()
+    params = init_params(plain, jax.random.key(0))
+    T, B = 6, 2
+    rng = np.random.default_rng(0)
+    batch = {"z": jnp.asarray(rng.normal(size=(T, B, 4)), jnp.float32), "action": jnp.zeros((T, B, 3)),
+             "prev_reward": jnp.zeros((T, B)), "reward": jnp.zeros((T, B)), "done": jnp.zeros((T, B)),
+             "z_mask": jnp.ones((T, B)), "mask": jnp.ones((T, B))}
+    batch["z_next"] = batch["z"] + 0.01 * jnp.asarray(rng.normal(size=(T, B, 4)), jnp.float32)
+    shifted = {**batch, "z_next": batch["z_next"] - batch["z"]}  # the same inputs, the change as target
+    for fused in (True, False):
+        d = make_loss(delta, cfg, fused)(params, batch)[1]["z_nll"]
+        p = make_loss(plain, cfg, fused)(params, shifted)[1]["z_nll"]
+        np.testing.assert_allclose(d, p, rtol=1e-5)
+    # A head with mu = 0 and the smallest sigma: "no change" for delta, "z = 0" for the plain M.
+    still = jax.tree.map(lambda a: a, params)
+    KZ = plain.mixtures * plain.latent_dim  # the head's outputs: logit_pi, mu, log_sigma, extras
+    still["head"] = {"kernel": jnp.zeros_like(params["head"]["kernel"]),
+                     "bias": jnp.zeros_like(params["head"]["bias"]).at[2 * KZ:3 * KZ].set(-30.0)}
+    z0 = jnp.array([1.0, -2.0, 0.5, 3.0])
+    actions = jnp.zeros((20, 3))
+    kept = dream_with_actions(delta, still, z0, actions, jax.random.key(1), 1.0)
+    zeroed = dream_with_actions(plain, still, z0, actions, jax.random.key(1), 1.0)
+    np.testing.assert_allclose(kept, jnp.broadcast_to(z0, kept.shape), atol=0.1)  # sigma e^-5 per step
+    np.testing.assert_allclose(zeroed[1:], 0.0, atol=0.05)
+
+
+def test_predict_delta_is_part_of_ms_checkpoint(tmp_path):
+    """A delta M does not load as a plain one (one-line error), and M checkpoints written before
+    the field existed load as plain Ms."""
+    from worldmodels.checkpoint import save_checkpoint
+    from worldmodels.errors import CheckpointError
+    from worldmodels.train.mdnrnn import load_mdnrnn, mdnrnn_meta
+
+    cfg, module = tiny_module(predict_delta=True)
+    params = init_params(module, jax.random.key(0))
+    for name in ("delta", "old"):
+        (tmp_path / name).mkdir()
+    save_checkpoint(tmp_path / "delta" / "params.msgpack", params, {"step": 1, **mdnrnn_meta(cfg, 4, 3)})
+    plain_cfg = type(cfg)(**{**cfg.__dict__, "predict_delta": False})
+    with pytest.raises(CheckpointError, match="mdnrnn.predict_delta=True"):
+        load_mdnrnn(tmp_path / "delta", plain_cfg, 4, 3)
+    assert load_mdnrnn(tmp_path / "delta", cfg, 4, 3)[0].predict_delta
+    old = mdnrnn_meta(plain_cfg, 4, 3)
+    del old["mdnrnn"]["predict_delta"]
+    save_checkpoint(tmp_path / "old" / "params.msgpack", params, {"step": 1, **old})
+    assert not load_mdnrnn(tmp_path / "old", plain_cfg, 4, 3)[0].predict_delta
+    with pytest.raises(CheckpointError, match="predict_delta"):
+        load_mdnrnn(tmp_path / "old", cfg, 4, 3)
 
 
 def test_lstm_custom_backward_equals_autodiff_of_the_scan():

@@ -128,6 +128,11 @@ class MDNRNNConfig:
     'none'."""
     done_head: bool = True
     """Predict the episode's end (BCE)."""
+    predict_delta: bool = False
+    """The mixture models the change z_{t+1} - z_t instead of z_{t+1} (the paper); the dream
+    adds its draw to the current z. Where consecutive frames differ little (CarRacing), an M
+    predicting z itself must rebuild z through the LSTM and can do worse than copying it;
+    the change starts from "nothing moves"."""
     reward_weight: float = 1.0
     done_weight: float = 1.0
     end_windows: float = 0.0
@@ -202,6 +207,13 @@ class ControllerConfig:
     of still happens at its rate, so C cannot live in states M is unsure about)."""
     temperature: float = 1.0
     """tau of the dream (M's sampling temperature while training C there)."""
+    dream_worlds: tuple[str, ...] = ()
+    """Other Ms to dream in (their `mdnrnn/` folders, or run dirs holding one; comma-separated
+    on the command line): each candidate's rollouts, and the dream checks' episodes, are split
+    evenly among them (so their counts must be multiples of how many there are), while C's h
+    and c still come from the run's own M reading the dreamed frames, as it reads real ones in
+    the game. A C that exploits one M's blind spot fails in the others. List the run's own M
+    (e.g. RUN) to dream in it too. () = the run's own M dreams (the paper)."""
     eval_every: int = 5
     """Generations between real-environment evaluations of the best candidate."""
     eval_episodes: int = 8

@@ -11,6 +11,11 @@ from the mixture at temperature tau, and takes reward and done from M's heads:
   reward = steps survived).
 - done: P(done) > 0.5 (the paper) or, with `done_sample`, a Bernoulli(P(done)) draw at every
   step; or t reaching `max_steps`.
+
+With `agent_rnn` set, the dream's world and the agent's M are two models: `rnn` (the world)
+generates z, reward and done, while `agent_rnn` (the agent's own M) reads the dreamed z and
+actions as it reads real frames in the game and gives C its h and c. A C trained in several
+such worlds (`controller.dream_worlds`) cannot live on one M's blind spot.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class DreamState:
     prev_reward: jax.Array  # ()
     t: jax.Array  # () int32
     done: jax.Array  # () bool
+    agent: LSTMState | None = None  # the agent's M when it is not the world (see agent_rnn)
 
 
 @flax.struct.dataclass
@@ -41,6 +47,7 @@ class DreamParams:
     temperature: jax.Array  # () tau
     reward_values: jax.Array  # (2,) [r_neg, r_pos] for a binary reward head
     constant_reward: jax.Array  # () reward per step when M has no reward head
+    agent_rnn: Any = None  # the agent's M, when another M (rnn) dreams the world; None = rnn
     max_steps: int = flax.struct.field(pytree_node=False, default=1000)
     done_sample: bool = flax.struct.field(pytree_node=False, default=False)
 
@@ -52,8 +59,9 @@ class DreamEnv:
         self.module = module
 
     def observation(self, state: DreamState) -> dict[str, jax.Array]:
-        """What the controller sees: z, and M's hidden and cell state."""
-        return {"z": state.z, "h": state.lstm.h, "c": state.lstm.c}
+        """What the controller sees: z, and its M's hidden and cell state."""
+        lstm = state.lstm if state.agent is None else state.agent
+        return {"z": state.z, "h": lstm.h, "c": lstm.c}
 
     def reset(self, key: jax.Array, params: DreamParams):
         k_pick, k_z = jax.random.split(key)
@@ -61,7 +69,8 @@ class DreamEnv:
         mu, logvar = params.initial_mu[i], params.initial_logvar[i]
         z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mu.shape)
         state = DreamState(z=z, lstm=self.module.initial_state(), prev_reward=jnp.zeros(()),
-                           t=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool))
+                           t=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+                           agent=None if params.agent_rnn is None else self.module.initial_state())
         return self.observation(state), state
 
     def step(self, key: jax.Array, state: DreamState, action: jax.Array, params: DreamParams):
@@ -69,7 +78,10 @@ class DreamEnv:
         module = self.module
         x = module.inputs(state.z, action, state.prev_reward)
         lstm, out = module.apply({"params": params.rnn}, state.lstm, x, method=MDNRNN.step)
-        z = sample_mdn(key, out, params.temperature)
+        agent = None
+        if params.agent_rnn is not None:  # only the LSTM of the agent's M runs: its heads are unused
+            agent, _ = module.apply({"params": params.agent_rnn}, state.agent, x, method=MDNRNN.step)
+        z = module.next_z(state.z, sample_mdn(key, out, params.temperature))
         if module.reward_head == "binary":
             p = jax.nn.sigmoid(out.reward)
             reward = p * params.reward_values[1] + (1.0 - p) * params.reward_values[0]
@@ -84,7 +96,7 @@ class DreamEnv:
         else:
             died = p_done > 0.5
         done = died | (t >= params.max_steps)
-        new = DreamState(z=z, lstm=lstm, prev_reward=reward, t=t, done=done)
+        new = DreamState(z=z, lstm=lstm, prev_reward=reward, t=t, done=done, agent=agent)
         # Finished episodes do not move: the scan length is static, the episode is not.
         new = jax.tree.map(lambda a, b: jnp.where(state.done, a, b), state, new)
         reward = jnp.where(state.done, 0.0, reward)
@@ -154,7 +166,7 @@ def dream_with_actions(module: MDNRNN, rnn_params, z0: jax.Array, actions: jax.A
         action, prev_reward, k = inputs
         lstm, out = module.apply({"params": rnn_params}, lstm, module.inputs(z, action, prev_reward),
                                  method=MDNRNN.step)
-        z_next = sample_mdn(k, out, temperature)
+        z_next = module.next_z(z, sample_mdn(k, out, temperature))
         return (z_next, lstm), z
 
     keys = jax.random.split(key, actions.shape[0])

@@ -174,6 +174,8 @@ class MDNRNN(nn.Module):
     done_head: bool = True
     min_log_sigma: float = -5.0
     max_log_sigma: float = 2.0
+    predict_delta: bool = False
+    """The mixture is over z_{t+1} - z_t (`mdnrnn.predict_delta`), not z_{t+1}."""
 
     @property
     def input_dim(self) -> int:
@@ -197,6 +199,14 @@ class MDNRNN(nn.Module):
         if self.prev_reward_input:
             parts.append(prev_reward[..., None])
         return jnp.concatenate(parts, axis=-1)
+
+    def z_target(self, z: jax.Array, z_next: jax.Array) -> jax.Array:
+        """What the mixture models: z_next, or with `predict_delta` the change z_next - z."""
+        return z_next - z if self.predict_delta else z_next
+
+    def next_z(self, z: jax.Array, draw: jax.Array) -> jax.Array:
+        """The next z from a draw (or mean) of the mixture: the inverse of `z_target`."""
+        return z + draw if self.predict_delta else draw
 
     def mdn(self, h: jax.Array) -> MDNOutput:
         """The mixture head on hidden states h (..., H)."""

@@ -84,6 +84,24 @@ def dream_reward_values(series_folder: Path) -> np.ndarray:
     return np.array([neg.mean() if len(neg) else 0.0, pos.mean() if len(pos) else 1.0], np.float32)
 
 
+def load_dream_worlds(folders: tuple[str, ...], world: WorldModel):
+    """The Ms of `controller.dream_worlds`, their parameters stacked on a leading axis (None
+    for none). Each must have the run's M's shapes (same V, same mdnrnn sizes)."""
+    from worldmodels.train.mdnrnn import load_mdnrnn
+
+    if not folders:
+        return None
+    config = world.config
+    stacked = []
+    for folder in map(Path, folders):
+        if not (folder / "params.msgpack").exists() and (folder / "mdnrnn").is_dir():
+            folder = folder / "mdnrnn"
+        _, params = load_mdnrnn(folder, config.mdnrnn, world.vision.latent_dim,
+                                get_env_module(config.env.name).ACTION_DIM)
+        stacked.append(params)
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *stacked)
+
+
 class DreamScorer:
     """Scores a whole population in M's dream with one jitted vmap-over-vmap-over-scan call."""
 
@@ -101,11 +119,17 @@ class DreamScorer:
         with np.load(initial) as data:
             mu, logvar = data["mu"], data["logvar"]
         env = DreamEnv(world.module)
+        self.worlds = load_dream_worlds(cfg.dream_worlds, world)
+        self.world_count = len(cfg.dream_worlds) or 1
         self.params = DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(mu),
                                   initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(cfg.temperature),
                                   reward_values=jnp.asarray(dream_reward_values(series_folder)),
                                   constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
-                                  done_sample=cfg.dream_done == "sample")
+                                  done_sample=cfg.dream_done == "sample",
+                                  agent_rnn=None if self.worlds is None else world.rnn_params)
+        self.split_keys(cfg.rollouts, "controller.rollouts")
+        if cfg.checks == "dream":
+            self.split_keys(cfg.eval_episodes, "controller.eval_episodes")
         _, unravel = ravel_pytree(world.controller_template())
         squash = get_env_module(config.env.name).squash_action
         features = cfg.features
@@ -113,19 +137,36 @@ class DreamScorer:
         def policy(flat, obs):
             return squash(controller_output(unravel(flat), controller_features(obs, features)))
 
-        def score(flat_population, keys, params):
-            one = lambda flat, key: dream_rollout(env, params, policy, flat, key, cfg.dream_max_steps,
-                                                  chunk=DREAM_CHUNK)
-            per_candidate = jax.vmap(lambda flat: jax.vmap(lambda k: one(flat, k))(keys))
-            return per_candidate(flat_population)
+        def in_world(flat, keys, params):
+            one = lambda key: dream_rollout(env, params, policy, flat, key, cfg.dream_max_steps, chunk=DREAM_CHUNK)
+            return jax.vmap(one)(keys)
+
+        def score(flat_population, keys, params, worlds):
+            """keys (W, n): episode keys per world -> (totals, lengths), each (P, W * n)."""
+            if worlds is None:
+                per_candidate = lambda flat: in_world(flat, keys[0], params)
+            else:  # one batched call over the worlds' stacked parameters
+                per_world = lambda flat, ks, rnn: in_world(flat, ks, params.replace(rnn=rnn))
+                per_candidate = lambda flat: jax.tree.map(
+                    lambda a: a.reshape(-1), jax.vmap(per_world, in_axes=(None, 0, 0))(flat, keys, worlds))
+            return jax.vmap(per_candidate)(flat_population)
 
         self.score = jax.jit(score)
         self.rollouts, self.seed = cfg.rollouts, cfg.seed
 
+    def split_keys(self, count: int, what: str, keys: jax.Array | None = None) -> jax.Array:
+        """(count,) episode keys -> (worlds, count / worlds): episode i dreams in world
+        i // (count / worlds)."""
+        if count % self.world_count:
+            raise ConfigError(f"{what}={count} does not split evenly among the {self.world_count} "
+                              f"controller.dream_worlds; use a multiple of {self.world_count}")
+        return None if keys is None else keys.reshape(self.world_count, -1)
+
     def __call__(self, solutions: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         keys = jax.random.split(jax.random.key(self.seed * 100_003 + generation), self.rollouts)
+        keys = self.split_keys(self.rollouts, "controller.rollouts", keys)
         start = time.perf_counter()
-        totals, lengths = self.score(jnp.asarray(solutions, jnp.float32), keys, self.params)
+        totals, lengths = self.score(jnp.asarray(solutions, jnp.float32), keys, self.params, self.worlds)
         totals = np.asarray(totals)
         steps = int(np.asarray(lengths).sum())  # dreamed steps: finished episodes stop early
         return totals.mean(axis=1), steps / (time.perf_counter() - start)
@@ -133,8 +174,8 @@ class DreamScorer:
     def returns(self, candidates: np.ndarray, episodes: int, seed: int = EVAL_SEED_BASE) -> np.ndarray:
         """Dream returns (P, episodes) of each candidate on fixed keys (the same for every
         call with the same seed): the dream's counterpart of `real_scores`."""
-        keys = jax.random.split(jax.random.key(seed), episodes)
-        totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, self.params)
+        keys = self.split_keys(episodes, "dreamed episodes", jax.random.split(jax.random.key(seed), episodes))
+        totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, self.params, self.worlds)
         return np.asarray(totals)
 
 

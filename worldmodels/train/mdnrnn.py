@@ -34,7 +34,9 @@ from worldmodels.models.mdnrnn import MDNRNN, LSTMState, mixture_mean
 from worldmodels.train.common import MetricsLog, TrainState, init_train_state
 
 ARCHITECTURE_FIELDS = ("hidden", "mixtures", "prev_reward_input", "reward_head", "done_head",
-                       "min_log_sigma", "max_log_sigma")
+                       "min_log_sigma", "max_log_sigma", "predict_delta")
+LATER_FIELDS = {"predict_delta": False}
+"""Architecture fields added after checkpoints were written: their value in those checkpoints."""
 METRIC_COLUMNS = ("step", "loss", "z_nll", "reward_loss", "done_loss", "seq_per_s", "wall_s")
 REWARD_HEADS = ("binary", "regression", "none")
 
@@ -104,7 +106,8 @@ def make_module(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> MDNRNN:
         raise ConfigError(f"unknown mdnrnn.reward_head '{cfg.reward_head}'; valid: {', '.join(REWARD_HEADS)}")
     return MDNRNN(latent_dim=latent_dim, action_dim=action_dim, hidden=cfg.hidden, mixtures=cfg.mixtures,
                   prev_reward_input=cfg.prev_reward_input, reward_head=cfg.reward_head,
-                  done_head=cfg.done_head, min_log_sigma=cfg.min_log_sigma, max_log_sigma=cfg.max_log_sigma)
+                  done_head=cfg.done_head, min_log_sigma=cfg.min_log_sigma, max_log_sigma=cfg.max_log_sigma,
+                  predict_delta=cfg.predict_delta)
 
 
 def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, key: jax.Array | None,
@@ -149,10 +152,11 @@ def make_loss(module: MDNRNN, cfg: MDNRNNConfig, fused: bool = True) -> Callable
         mask = batch["z_mask"].astype(x.dtype)
         if fused:
             weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
-            return module.apply({"params": params}, x, batch["z_next"], weight, state, True,
-                                method=MDNRNN.sequence_nll)
+            return module.apply({"params": params}, x, module.z_target(batch["z"], batch["z_next"]), weight,
+                                state, True, method=MDNRNN.sequence_nll)
         final, out, _ = module.apply({"params": params}, x, state, time_major=True)
-        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
+        target = module.z_target(batch["z"], batch["z_next"])
+        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, target).mean(-1)
         return -masked_mean(ll, mask), out.reward, out.done, final
 
     def loss_fn(params, batch, state: LSTMState | None = None):
@@ -248,7 +252,7 @@ def check_mdnrnn_meta(meta: dict[str, Any], cfg: MDNRNNConfig, latent_dim: int, 
             raise CheckpointError(f"{path} was trained for {key}={meta.get(key)}, the series has "
                                   f"{want[key]}: it belongs to another V; use another RUN=")
     for name, value in want["mdnrnn"].items():
-        if meta.get("mdnrnn", {}).get(name) != value:
+        if meta.get("mdnrnn", {}).get(name, LATER_FIELDS.get(name)) != value:
             raise CheckpointError(f"{path} was trained with mdnrnn.{name}={meta['mdnrnn'].get(name)!r}, "
                                   f"the config says {value!r}; use a matching config or another RUN=")
 
@@ -293,8 +297,9 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         x = module.inputs(batch["z"], batch["action"], batch["prev_reward"])
         _, out, _ = module.apply({"params": params}, x)
         mask, step_mask = batch["z_mask"], batch["mask"]
-        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma, batch["z_next"]).mean(-1)
-        mean_err = jnp.square(mixture_mean(out) - batch["z_next"]).mean(-1)
+        ll = mdn_log_likelihood(out.logit_pi, out.mu, out.log_sigma,
+                                module.z_target(batch["z"], batch["z_next"])).mean(-1)
+        mean_err = jnp.square(module.next_z(batch["z"], mixture_mean(out)) - batch["z_next"]).mean(-1)
         copy_err = jnp.square(batch["z"] - batch["z_next"]).mean(-1)
         target = reward_target(cfg, batch["reward"], batch["done"])
         result = {"heldout_z_nll": -masked_mean(ll, mask),
