@@ -1,0 +1,65 @@
+"""Which M's dream predicts the real game? Scores each controller run in each M's dream (the
+controller's own M reading the dreamed frames, as `controller.dream_worlds` does) and prints
+a table and, per M, the correlation of the dream scores with the runs' real scores
+(the mean of RUN/eval and RUN/eval-seed1000 where present).
+
+    .venv/bin/python scripts/dream_matrix.py --runs runs/a runs/b ... --worlds runs/x runs/y ... \
+        [--episodes 100] [--temperature 1.15] [--out matrix.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def real_score(run: Path) -> float:
+    scores = [json.loads((run / d / "summary.json").read_text())["mean"]
+              for d in ("eval", "eval-seed1000") if (run / d / "summary.json").exists()]
+    if not scores:
+        raise SystemExit(f"{run} has no eval/summary.json; run `make evaluate RUN={run}` first")
+    return float(np.mean(scores))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="controller runs (each with eval/)")
+    parser.add_argument("--worlds", nargs="+", required=True, help="Ms to dream in (mdnrnn/ folders or runs)")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=1.15)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.config import apply_override
+    from worldmodels.rollout.agent import load_agent_config, load_controller, load_world_model
+    from worldmodels.train.es import DreamScorer
+
+    rows = []
+    for run in map(Path, args.runs):
+        row = {"run": str(run), "real": real_score(run)}
+        config = apply_override(load_agent_config(run), "controller.temperature", str(args.temperature))
+        world = load_world_model(run, config)
+        flat, _ = ravel_pytree(load_controller(run, world))
+        for m in args.worlds:
+            scorer = DreamScorer(world, apply_override(config, "controller.dream_worlds", m), run / "series")
+            row[m] = float(scorer.returns(np.asarray(flat)[None], args.episodes, seed=123)[0].mean())
+        rows.append(row)
+        print(" | ".join([row["run"], f"{row['real']:.0f}", *(f"{row[m]:.0f}" for m in args.worlds)]), flush=True)
+    real = np.array([r["real"] for r in rows])
+    rank = lambda a: np.argsort(np.argsort(a))
+    for m in args.worlds:
+        dream = np.array([r[m] for r in rows])
+        print(f"{m}: dream mean {dream.mean():.0f}, correlation with real: Pearson "
+              f"{np.corrcoef(dream, real)[0, 1]:+.2f}, Spearman {np.corrcoef(rank(dream), rank(real))[0, 1]:+.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
