@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     rank = lambda a: np.argsort(np.argsort(a))
     for m in args.worlds:
         dream = np.array([r[m] for r in rows])
-        print(f"{m}: dream mean {dream.mean():.0f}, correlation with real: Pearson "
-              f"{np.corrcoef(dream, real)[0, 1]:+.2f}, Spearman {np.corrcoef(rank(dream), rank(real))[0, 1]:+.2f}")
+        line = f"{m}: dream mean {dream.mean():.0f}"
+        if len(rows) >= 3:  # a correlation needs a few runs
+            line += (f", correlation with real: Pearson {np.corrcoef(dream, real)[0, 1]:+.2f}, "
+                     f"Spearman {np.corrcoef(rank(dream), rank(real))[0, 1]:+.2f}")
+        print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -84,6 +84,13 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
     for name in ("scores.csv", "histogram.png", "best.mp4", "worst.mp4"):
         assert (straight / "eval" / name).exists(), name
     assert "over 2 episodes of CarRacing-v3" in result.stdout
+    # scripts/dream_matrix.py: the run's C scored in its own M's dream, beside its real score.
+    from scripts.dream_matrix import main as dream_matrix
+
+    dream_matrix(["--runs", str(straight), "--worlds", str(straight), "--episodes", "2",
+                  "--out", str(tmp_path / "matrix.json")])
+    (row,) = json.loads((tmp_path / "matrix.json").read_text())
+    assert row["real"] == summary["mean"] and np.isfinite(row[str(straight)])
     run_stage("report", "--config", "tiny", "--run", str(straight))
     report = (straight / "report.md").read_text()
     assert "## 5. Evaluation" in report and "## 4. C (controller)" in report
