@@ -127,9 +127,9 @@ class DreamScorer:
                                   constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
                                   done_sample=cfg.dream_done == "sample",
                                   agent_rnn=None if self.worlds is None else world.rnn_params)
-        self.split_keys(cfg.rollouts, "controller.rollouts")
+        self.check_split(cfg.rollouts, "controller.rollouts")
         if cfg.checks == "dream":
-            self.split_keys(cfg.eval_episodes, "controller.eval_episodes")
+            self.check_split(cfg.eval_episodes, "controller.eval_episodes")
         _, unravel = ravel_pytree(world.controller_template())
         squash = get_env_module(config.env.name).squash_action
         features = cfg.features
@@ -154,27 +154,32 @@ class DreamScorer:
         self.score = jax.jit(score)
         self.rollouts, self.seed = cfg.rollouts, cfg.seed
 
-    def split_keys(self, count: int, what: str, keys: jax.Array | None = None) -> jax.Array:
-        """(count,) episode keys -> (worlds, count / worlds): episode i dreams in world
-        i // (count / worlds)."""
+    def check_split(self, count: int, what: str) -> None:
+        """The config field `what` = `count` episodes must split evenly among the worlds."""
         if count % self.world_count:
             raise ConfigError(f"{what}={count} does not split evenly among the {self.world_count} "
                               f"controller.dream_worlds; use a multiple of {self.world_count}")
-        return None if keys is None else keys.reshape(self.world_count, -1)
+
+    def split_keys(self, keys: jax.Array, what: str) -> jax.Array:
+        """(n,) episode keys -> (worlds, n / worlds): episode i dreams in world i // (n / worlds)."""
+        self.check_split(len(keys), what)
+        return keys.reshape(self.world_count, -1)
 
     def __call__(self, solutions: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         keys = jax.random.split(jax.random.key(self.seed * 100_003 + generation), self.rollouts)
-        keys = self.split_keys(self.rollouts, "controller.rollouts", keys)
+        keys = self.split_keys(keys, "controller.rollouts")
         start = time.perf_counter()
         totals, lengths = self.score(jnp.asarray(solutions, jnp.float32), keys, self.params, self.worlds)
         totals = np.asarray(totals)
         steps = int(np.asarray(lengths).sum())  # dreamed steps: finished episodes stop early
         return totals.mean(axis=1), steps / (time.perf_counter() - start)
 
-    def returns(self, candidates: np.ndarray, episodes: int, seed: int = EVAL_SEED_BASE) -> np.ndarray:
+    def returns(self, candidates: np.ndarray, episodes: int, seed: int = EVAL_SEED_BASE,
+                what: str = "controller.eval_episodes") -> np.ndarray:
         """Dream returns (P, episodes) of each candidate on fixed keys (the same for every
-        call with the same seed): the dream's counterpart of `real_scores`."""
-        keys = self.split_keys(episodes, "dreamed episodes", jax.random.split(jax.random.key(seed), episodes))
+        call with the same seed): the dream's counterpart of `real_scores`. With dream worlds,
+        episode i dreams in world i // (episodes / worlds); `what` names the count's field."""
+        keys = self.split_keys(jax.random.split(jax.random.key(seed), episodes), what)
         totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, self.params, self.worlds)
         return np.asarray(totals)
 

@@ -105,7 +105,7 @@ def score_in_dream(folder: Path, config: Config, episodes: int) -> np.ndarray:
     world = load_world_model(folder, config)
     flat, _ = ravel_pytree(load_controller(folder, world))
     scorer = DreamScorer(world, config, folder / "series")
-    return scorer.returns(np.asarray(flat)[None], episodes, seed=DREAM_SCORE_SEED)[0]
+    return scorer.returns(np.asarray(flat)[None], episodes, seed=DREAM_SCORE_SEED, what="sweep.dream_episodes")[0]
 
 
 def run_temperature_sweep(config: Config, run: str | Path, progress: bool = True) -> dict[str, Any]:
