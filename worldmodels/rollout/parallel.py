@@ -44,7 +44,10 @@ class ParallelEpisodes:
         # Fixed-size tasks make results independent of the number of workers: the batch an
         # episode is stepped in (and so its floating-point path) depends only on its index.
         self.fixed_task_size = fixed_task_size
-        self.task = self.ray.remote(num_cpus=1, max_retries=3)(episodes_task)
+        # SPREAD: a generation's tasks go to every node with a free CPU rather than queueing
+        # behind the driver's own node (Ray's default prefers the local node while it is below
+        # half load, so a short generation could run entirely on the head node).
+        self.task = self.ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(episodes_task)
 
     def chunks(self, jobs: int) -> list[np.ndarray]:
         """How `run` groups jobs into tasks (episodes of a task are stepped together)."""
