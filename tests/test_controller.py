@@ -153,6 +153,27 @@ def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
         scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.eval_episodes", "5")
 
 
+def test_an_m_trained_on_mu_dreams_from_mu(tiny_world):
+    """mdnrnn.sample_z false: M never saw a sampled z, so its dreams start at the first frame's mu
+    (as the agent's do); by default they start from a draw of V's posterior."""
+    from worldmodels.config import get_config
+    from worldmodels.envs.dream import DreamEnv
+    from worldmodels.rollout.agent import load_world_model
+    from worldmodels.train.es import DreamScorer
+
+    starts = {}
+    for sample_z in ("true", "false"):
+        config = get_config("tiny", ["--controller.dream", "1", "--mdnrnn.sample_z", sample_z])
+        world = load_world_model(tiny_world, config)
+        params = DreamScorer(world, config, tiny_world / "series").params
+        _, state = DreamEnv(world.module).reset(jax.random.key(0), params)
+        starts[sample_z] = (np.asarray(state.z), np.asarray(params.initial_mu))
+    z, mu = starts["false"]
+    assert any(np.array_equal(z, m) for m in mu)
+    z, mu = starts["true"]
+    assert not any(np.allclose(z, m, atol=1e-3) for m in mu)
+
+
 def test_stall_steps_end_an_episode_without_reward(tiny_world):
     from worldmodels.config import get_config
     from worldmodels.rollout.agent import load_world_model, make_agent_step, run_episodes

@@ -103,6 +103,50 @@ def test_train_step_lowers_the_loss():
     assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+@pytest.mark.parametrize("carry_state", [False, True])
+def test_sample_z_false_trains_on_mu(carry_state):
+    """`mdnrnn.sample_z`: by default a train step sees z drawn from V's posterior (the key
+    matters); with sample_z false it sees mu, the z the agent acts on (the key does not)."""
+    from worldmodels.train.mdnrnn import gather_batch, make_carry_train_step, make_loss
+
+    rng = np.random.default_rng(0)
+    n = 60
+    data = {"mu": rng.normal(size=(n, 4)), "logvar": np.zeros((n, 4)), "action": rng.uniform(-1, 1, (n, 3)),
+            "reward": (rng.random(n) < 0.2) * 1.0, "done": (np.arange(n) == n - 1) * 1.0}
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    data["episode_start"], data["episode_end"] = jnp.zeros(n, jnp.int32), jnp.full(n, n - 1, jnp.int32)
+    starts = jnp.asarray([0, 7, 20])
+
+    def losses(sample_z):
+        cfg, module = tiny_module(sample_z=sample_z, carry_state=carry_state, batch_size=3, seq_len=10)
+        tx = make_optimizer(cfg)
+        state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
+        if carry_state:
+            step = jax.jit(make_carry_train_step(module, cfg, tx))
+            carry, fresh = module.initial_state((3,)), jnp.asarray([True] * 3)
+            run = lambda key: step(state, data, starts, key, carry, fresh)[1]["loss"]  # noqa: E731
+        else:
+            step = jax.jit(make_train_step(module, cfg, tx))
+            run = lambda key: step(state, data, starts, key)[1]["loss"]  # noqa: E731
+        on_mu = make_loss(module, cfg)(state.params, gather_batch(data, starts, 10, None, time_major=True))[0]
+        return float(run(jax.random.key(1))), float(run(jax.random.key(2))), float(on_mu)
+
+    first, second, on_mu = losses(sample_z=True)
+    assert abs(first - second) > 1e-3 and abs(first - on_mu) > 1e-3
+    first, second, on_mu = losses(sample_z=False)
+    assert first == second
+    np.testing.assert_allclose(first, on_mu, rtol=1e-6)
+
+
+def test_reward_auc_hand_worked():
+    from worldmodels.train.mdnrnn import rank_auc
+
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ranked right
+    assert rank_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert rank_auc(np.array([1.0, 1.0, 2.0]), np.array([1, 0, 0])) == 0.25  # a tie counts half
+    assert rank_auc(np.array([1.0, 2.0]), np.array([0, 0])) is None
+
+
 def make_dream(reward_head="binary"):
     cfg, module = tiny_module(reward_head=reward_head)
     rnn = init_params(module, jax.random.key(0))

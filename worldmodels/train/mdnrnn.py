@@ -12,6 +12,7 @@ is carried from one train step to the next (truncated backpropagation through ti
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy.stats import rankdata
 
 from worldmodels.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from worldmodels.config import Config, MDNRNNConfig
@@ -189,7 +191,7 @@ def make_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientTransfo
     loss_fn = make_loss(module, cfg)
 
     def train_step(state: TrainState, data, starts, key):
-        batch = gather_batch(data, starts, cfg.seq_len, key, time_major=True)
+        batch = gather_batch(data, starts, cfg.seq_len, key if cfg.sample_z else None, time_major=True)
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
@@ -204,7 +206,7 @@ def make_carry_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientT
     loss_fn = make_loss(module, cfg)
 
     def train_step(state: TrainState, data, starts, key, carry: LSTMState, fresh):
-        batch = gather_batch(data, starts, cfg.seq_len, key, time_major=True)
+        batch = gather_batch(data, starts, cfg.seq_len, key if cfg.sample_z else None, time_major=True)
         keep = (~fresh)[:, None].astype(carry.h.dtype)
         start = LSTMState(carry.h * keep, carry.c * keep)
         (_, (metrics, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, start)
@@ -309,6 +311,7 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
             hit = ((out.reward > 0) == (target > 0.5)).astype(jnp.float32)
             result["heldout_reward_accuracy"] = masked_mean(hit, step_mask)
             result["heldout_reward_positive_rate"] = masked_mean(target, step_mask)
+            result["reward_scores"] = (out.reward, target > 0.5, step_mask)  # for the AUC below
         elif cfg.reward_head == "regression":
             result["heldout_reward_mse"] = masked_mean(jnp.square(out.reward - target), step_mask)
         if cfg.done_head and whole:
@@ -322,7 +325,17 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         return result
 
     arrays = jax.tree.map(jnp.asarray, data.arrays())
-    result = {k: float(v) for k, v in run(params, arrays, jnp.asarray(starts)).items()}
+    result = run(params, arrays, jnp.asarray(starts))
+    scores = result.pop("reward_scores", None)
+    result = {k: float(v) for k, v in result.items()}
+    if scores is not None:
+        # Accuracy rewards predicting "no reward" everywhere when rewards are rare (CarRacing's
+        # random rollouts: 1.4 % of steps); the AUC says whether the head ranks rewarded steps
+        # above the others at all (0.5: it does not).
+        logit, positive, mask = (np.asarray(a) for a in scores)
+        auc = rank_auc(logit[mask], positive[mask])
+        if auc is not None:
+            result["heldout_reward_auc"] = auc
     if not result.pop("deaths", 1):
         del result["heldout_episode_done_recall"]  # no death inside the windows
     end_starts = data.end_window_starts(cfg.seq_len)[:windows]
@@ -335,6 +348,17 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         result["heldout_done_recall"] = float(jnp.mean(done[:, -1]))
         result["heldout_done_false_rate"] = float(jnp.mean(done[:, :-1]))
     return result
+
+
+def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve: the chance a positive outranks a negative (ties count half);
+    None without both classes."""
+    positive = positive.astype(bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)  # ties get their average rank
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def window_batch(cfg: MDNRNNConfig, step: int, starts: np.ndarray, end_starts: np.ndarray,
@@ -376,6 +400,11 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     if data.latent_dim != config.vision.latent_dim:
         raise DataError(f"the series hold z of size {data.latent_dim} but vision.latent_dim is "
                         f"{config.vision.latent_dim}: they come from another V; rerun `make series`")
+    if cfg.done_head and not np.any(data.done > 0.5):
+        print("train-rnn: note: no training episode ends in done = 1 (a time limit is not a death), so the "
+              "done head learns only 'never' and may still fire on frames it rarely saw, such as a dream's "
+              "first; --mdnrnn.done_head false leaves episode ends to controller.dream_max_steps",
+              file=sys.stderr)
     if not 0.0 <= cfg.end_windows + cfg.start_windows <= 1.0 or min(cfg.end_windows, cfg.start_windows) < 0:
         raise ConfigError("mdnrnn.end_windows and mdnrnn.start_windows are shares of a batch: each >= 0, "
                           f"together <= 1 (got {cfg.end_windows} and {cfg.start_windows})")
