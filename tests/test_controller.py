@@ -153,25 +153,45 @@ def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
         scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.eval_episodes", "5")
 
 
-def test_an_m_trained_on_mu_dreams_from_mu(tiny_world):
-    """mdnrnn.sample_z false: M never saw a sampled z, so its dreams start at the first frame's mu
-    (as the agent's do); by default they start from a draw of V's posterior."""
+def test_an_m_trained_on_mu_dreams_from_mu(tiny_world, tmp_path):
+    """M's checkpoint records mdnrnn.sample_z: an M trained on mu (sample_z false) dreams from
+    the first frame's mu (as the agent acts on mu), one trained on draws from a draw of V's
+    posterior, whatever train-controller's config says; a checkpoint from before that record
+    follows the config."""
+    import shutil
+
+    from worldmodels.checkpoint import _read, read_checkpoint_meta, save_checkpoint
     from worldmodels.config import get_config
     from worldmodels.envs.dream import DreamEnv
     from worldmodels.rollout.agent import load_world_model
     from worldmodels.train.es import DreamScorer
 
-    starts = {}
-    for sample_z in ("true", "false"):
-        config = get_config("tiny", ["--controller.dream", "1", "--mdnrnn.sample_z", sample_z])
-        world = load_world_model(tiny_world, config)
-        params = DreamScorer(world, config, tiny_world / "series").params
-        _, state = DreamEnv(world.module).reset(jax.random.key(0), params)
-        starts[sample_z] = (np.asarray(state.z), np.asarray(params.initial_mu))
-    z, mu = starts["false"]
-    assert any(np.array_equal(z, m) for m in mu)
-    z, mu = starts["true"]
-    assert not any(np.allclose(z, m, atol=1e-3) for m in mu)
+    run = tmp_path / "run"
+    run.mkdir()
+    for part in ("vision", "series"):
+        (run / part).symlink_to(tiny_world / part)
+    shutil.copytree(tiny_world / "mdnrnn", run / "mdnrnn")
+    ckpt = run / "mdnrnn" / "params.msgpack"
+    state, meta = _read(ckpt)
+    assert read_checkpoint_meta(tiny_world / "mdnrnn" / "params.msgpack")["sample_z"] is True
+
+    def starts_at_mu(recorded, configured):
+        save_checkpoint(ckpt, state, {k: v for k, v in meta.items() if k != "sample_z"}
+                        | ({} if recorded is None else {"sample_z": recorded}))
+        config = get_config("tiny", ["--controller.dream", "1", "--mdnrnn.sample_z", configured])
+        world = load_world_model(run, config)
+        params = DreamScorer(world, config, run / "series").params
+        _, reset = DreamEnv(world.module).reset(jax.random.key(0), params)
+        z, mu = np.asarray(reset.z), np.asarray(params.initial_mu)
+        if any(np.array_equal(z, m) for m in mu):
+            return True
+        assert not any(np.allclose(z, m, atol=1e-3) for m in mu)
+        return False
+
+    assert starts_at_mu(recorded=False, configured="true")
+    assert not starts_at_mu(recorded=True, configured="false")
+    assert starts_at_mu(recorded=None, configured="false")
+    assert not starts_at_mu(recorded=None, configured="true")
 
 
 def test_stall_steps_end_an_episode_without_reward(tiny_world):

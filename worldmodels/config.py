@@ -138,7 +138,8 @@ class MDNRNNConfig:
     The agent encodes frames as mu; where many of V's dimensions have collapsed to the prior
     (sigma > 0.8, mu nearly constant: 20 of 32 in this project's CarRacing VAE, 44 of 64 in its
     Doom VAE), an M trained on draws spends itself on their noise and dreams a noisier z than C
-    will see. Pass it to `train-controller` too: an M trained on mu dreams from mu."""
+    will see. M's checkpoint records it, and an M trained on mu dreams from mu (checkpoints
+    from before that record follow this field in `train-controller`)."""
     reward_weight: float = 1.0
     done_weight: float = 1.0
     end_windows: float = 0.0

@@ -40,6 +40,13 @@ class WorldModel:
     vision_params: Any
     module: Any  # MDNRNN
     rnn_params: Any
+    rnn_on_mu: bool | None = None
+    """M was last trained on mu (mdnrnn.sample_z false), so its dreams start at mu; None: its
+    checkpoint does not say, the config's mdnrnn.sample_z decides."""
+
+    @property
+    def dreams_from_mu(self) -> bool:
+        return not self.config.mdnrnn.sample_z if self.rnn_on_mu is None else self.rnn_on_mu
 
     @property
     def action_dim(self) -> int:
@@ -58,7 +65,7 @@ class WorldModel:
 
 def load_world_model(folder: str | Path, config: Config | None = None) -> WorldModel:
     """V and M from a run or agent directory (config from its config.json unless given)."""
-    from worldmodels.train.mdnrnn import load_mdnrnn
+    from worldmodels.train.mdnrnn import load_mdnrnn, trained_on_mu
     from worldmodels.train.vision import load_vision
 
     folder = Path(folder)
@@ -67,7 +74,7 @@ def load_world_model(folder: str | Path, config: Config | None = None) -> WorldM
     vision, vparams = load_vision(folder / "vision", config.vision)
     module, rnn_params = load_mdnrnn(folder / "mdnrnn", config.mdnrnn, vision.latent_dim,
                                      get_env_module(config.env.name).ACTION_DIM)
-    return WorldModel(config, vision, vparams, module, rnn_params)
+    return WorldModel(config, vision, vparams, module, rnn_params, trained_on_mu(folder / "mdnrnn"))
 
 
 def load_agent_config(folder: str | Path) -> Config:

@@ -118,7 +118,7 @@ class DreamScorer:
             raise DataError(f"{initial} is missing; run `make series` first")
         with np.load(initial) as data:
             mu, logvar = data["mu"], data["logvar"]
-        if not config.mdnrnn.sample_z:
+        if world.dreams_from_mu:
             logvar = np.full_like(logvar, -np.inf)  # an M trained on mu dreams from mu: z0 = mu exactly
         env = DreamEnv(world.module)
         self.worlds = load_dream_worlds(cfg.dream_worlds, world)

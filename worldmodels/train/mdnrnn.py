@@ -242,8 +242,10 @@ class Lanes:
 
 
 def mdnrnn_meta(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> dict[str, Any]:
+    # sample_z is not architecture (an M trained on draws can be fine-tuned on mu): it is kept
+    # so the dream knows where this M's episodes start (`trained_on_mu`).
     return {"mdnrnn": {f: getattr(cfg, f) for f in ARCHITECTURE_FIELDS},
-            "latent_dim": latent_dim, "action_dim": action_dim}
+            "latent_dim": latent_dim, "action_dim": action_dim, "sample_z": cfg.sample_z}
 
 
 def check_mdnrnn_meta(meta: dict[str, Any], cfg: MDNRNNConfig, latent_dim: int, action_dim: int, path):
@@ -256,6 +258,13 @@ def check_mdnrnn_meta(meta: dict[str, Any], cfg: MDNRNNConfig, latent_dim: int, 
         if meta.get("mdnrnn", {}).get(name, LATER_FIELDS.get(name)) != value:
             raise CheckpointError(f"{path} was trained with mdnrnn.{name}={meta['mdnrnn'].get(name)!r}, "
                                   f"the config says {value!r}; use a matching config or another RUN=")
+
+
+def trained_on_mu(folder: str | Path) -> bool | None:
+    """Whether the M in `folder` was last trained on mu (mdnrnn.sample_z false); None when its
+    checkpoint predates the field (then the config's sample_z decides)."""
+    sample_z = read_checkpoint_meta(Path(folder) / "params.msgpack").get("sample_z")
+    return None if sample_z is None else not sample_z
 
 
 def load_mdnrnn(folder: str | Path, cfg: MDNRNNConfig, latent_dim: int, action_dim: int):
