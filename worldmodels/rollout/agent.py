@@ -65,16 +65,16 @@ class WorldModel:
 
 def load_world_model(folder: str | Path, config: Config | None = None) -> WorldModel:
     """V and M from a run or agent directory (config from its config.json unless given)."""
-    from worldmodels.train.mdnrnn import load_mdnrnn, trained_on_mu
+    from worldmodels.train.mdnrnn import load_mdnrnn_with_meta, trained_on_mu
     from worldmodels.train.vision import load_vision
 
     folder = Path(folder)
     if config is None:
         config = load_agent_config(folder)
     vision, vparams = load_vision(folder / "vision", config.vision)
-    module, rnn_params = load_mdnrnn(folder / "mdnrnn", config.mdnrnn, vision.latent_dim,
-                                     get_env_module(config.env.name).ACTION_DIM)
-    return WorldModel(config, vision, vparams, module, rnn_params, trained_on_mu(folder / "mdnrnn"))
+    module, rnn_params, meta = load_mdnrnn_with_meta(folder / "mdnrnn", config.mdnrnn, vision.latent_dim,
+                                                     get_env_module(config.env.name).ACTION_DIM)
+    return WorldModel(config, vision, vparams, module, rnn_params, trained_on_mu(meta))
 
 
 def load_agent_config(folder: str | Path) -> Config:

@@ -260,24 +260,30 @@ def check_mdnrnn_meta(meta: dict[str, Any], cfg: MDNRNNConfig, latent_dim: int, 
                                   f"the config says {value!r}; use a matching config or another RUN=")
 
 
-def trained_on_mu(folder: str | Path) -> bool | None:
-    """Whether the M in `folder` was last trained on mu (mdnrnn.sample_z false); None when its
-    checkpoint predates the field (then the config's sample_z decides)."""
-    sample_z = read_checkpoint_meta(Path(folder) / "params.msgpack").get("sample_z")
+def trained_on_mu(meta: dict[str, Any]) -> bool | None:
+    """Whether an M's checkpoint meta says it was last trained on mu (mdnrnn.sample_z false);
+    None when the checkpoint predates the record (then the config's sample_z decides)."""
+    sample_z = meta.get("sample_z")
     return None if sample_z is None else not sample_z
 
 
 def load_mdnrnn(folder: str | Path, cfg: MDNRNNConfig, latent_dim: int, action_dim: int):
     """(module, params) of a trained M from an `mdnrnn/` folder."""
+    return load_mdnrnn_with_meta(folder, cfg, latent_dim, action_dim)[:2]
+
+
+def load_mdnrnn_with_meta(folder: str | Path, cfg: MDNRNNConfig, latent_dim: int, action_dim: int):
+    """(module, params, checkpoint meta) of a trained M from an `mdnrnn/` folder."""
     path = Path(folder) / "params.msgpack"
     if not path.exists():
         raise CheckpointError(f"no trained M at {path}; run `make train-rnn` first")
-    check_mdnrnn_meta(read_checkpoint_meta(path), cfg, latent_dim, action_dim, path)
+    meta = read_checkpoint_meta(path)
+    check_mdnrnn_meta(meta, cfg, latent_dim, action_dim, path)
     module = make_module(cfg, latent_dim, action_dim)
     target = jax.eval_shape(lambda k: init_params(module, k), jax.random.key(0))
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
     params, _ = load_checkpoint(path, target)
-    return module, params
+    return module, params, meta
 
 
 def init_params(module: MDNRNN, key: jax.Array):
