@@ -113,37 +113,23 @@ def bench_rollout(episodes: int = 8, max_steps: int = 1000) -> Iterator[Figure]:
     yield "rollout_scaling", rates[cpus] / rates[1], "x"
 
 
-def start_cluster_helper(nodes: int, cpus_per_node: int):
-    """`python -m scripts.local_cluster` in a process of its own; returns (process, address)."""
-    import subprocess
-
-    helper = subprocess.Popen([sys.executable, "-m", "scripts.local_cluster", "--nodes", str(nodes),
-                               "--cpus-per-node", str(cpus_per_node)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in helper.stdout:
-        if "RAY_ADDRESS=" in line:
-            return helper, line.strip().split("RAY_ADDRESS=")[1]
-    helper.wait()
-    raise RuntimeError("the local Ray cluster did not start")
-
-
 def bench_cluster(episodes: int = 8, max_steps: int = 1000, rounds: int = 2) -> Iterator[Figure]:
     """Episodes/s of the rollouts stage on a 2-node local Ray cluster (scripts.local_cluster, one
     CPU per node, joined by address like RAY_ADDRESS) with 2 workers (one per node) vs 1 worker
     (one node), episodes of the default preset's length, alternating rounds. A node here is one
     CPU, so the 1-worker figure is the throughput per CPU of a cluster node."""
-    import signal
     from dataclasses import replace
 
     import ray
 
+    from scripts import local_cluster
     from worldmodels.config import get_config
     from worldmodels.parallel import init_ray
     from worldmodels.rollout.collect import collect_rollouts
 
     if ray.is_initialized():
         ray.shutdown()  # another group's local Ray
-    helper, address = start_cluster_helper(nodes=2, cpus_per_node=1)
+    helper, address = local_cluster.spawn(nodes=2, cpus_per_node=1)
     config = get_config("tiny")
     config = replace(config, rollouts=replace(config.rollouts, episodes=episodes, max_steps=max_steps, workers=0))
     episodes_done, seconds = {1: 0, 2: 0}, {1: 0.0, 2: 0.0}
@@ -162,8 +148,7 @@ def bench_cluster(episodes: int = 8, max_steps: int = 1000, rounds: int = 2) -> 
                         f"{summary.steps_per_s:.0f} steps/s")
     finally:
         ray.shutdown()
-        helper.send_signal(signal.SIGTERM)
-        helper.wait(timeout=120)
+        local_cluster.stop(helper, timeout=120)
     rates = {w: episodes_done[w] / seconds[w] for w in (1, 2)}
     yield "cluster_rollout_episodes_per_s_1_node", rates[1], "episodes/s"
     yield "cluster_rollout_episodes_per_s_2_nodes", rates[2], "episodes/s"

@@ -19,10 +19,15 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from worldmodels.parallel import WORKER_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, object_store_mb: int = 300):
@@ -42,6 +47,33 @@ def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, object_store_mb:
         cluster.add_node(**node_args)
     cluster.wait_for_nodes()
     return cluster
+
+
+def spawn(nodes: int = 2, cpus_per_node: int = 1) -> tuple[subprocess.Popen, str]:
+    """`python -m scripts.local_cluster` in a process group of its own, for a caller that also
+    runs Ray (a test session, the bench); returns (process, address). Stop it with `stop`."""
+    helper = subprocess.Popen([sys.executable, "-m", "scripts.local_cluster", "--nodes", str(nodes),
+                               "--cpus-per-node", str(cpus_per_node)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    lines = []
+    for line in helper.stdout:  # ends if the helper dies
+        lines.append(line)
+        if "RAY_ADDRESS=" in line:
+            return helper, line.strip().split("RAY_ADDRESS=")[1]
+    helper.wait()
+    raise RuntimeError("the local Ray cluster did not start:\n" + "".join(lines[-30:]))
+
+
+def stop(helper: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop a cluster from `spawn`: its nodes stop and its files go; if it hangs, its whole
+    process group is killed."""
+    helper.send_signal(signal.SIGTERM)
+    try:
+        helper.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(helper.pid, signal.SIGKILL)
+        helper.wait()
 
 
 def main() -> None:

@@ -38,6 +38,16 @@ def run_stage(stage: str, *args: str, check: bool = True, timeout: float = 300,
     return result
 
 
+def run_in_process(stage: str, *args: str) -> str | None:
+    """A stage's entry called in this process, as `make all CONFIG=doom-tiny` is in test_doom:
+    for tests that run stage after stage, each subprocess would start Python, JAX and (for the
+    stages with Ray) a local Ray again, 8-9 s of this machine's two cores. The `ray_local`
+    fixture's Ray serves them. Errors raise (no exit code): refusals stay with `run_stage`."""
+    import importlib
+
+    return importlib.import_module(f"pipeline.{stage}").main(list(args))
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the in-process tests of the session."""

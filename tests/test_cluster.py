@@ -40,25 +40,13 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def cluster():
-    helper = subprocess.Popen([sys.executable, "-m", "scripts.local_cluster", "--nodes", "2", "--cpus-per-node", "1"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    address, lines = None, []
-    for line in helper.stdout:  # ends if the helper dies
-        lines.append(line)
-        if "RAY_ADDRESS=" in line:
-            address = line.strip().split("RAY_ADDRESS=")[1]
-            break
+    from scripts import local_cluster
+
+    helper, address = local_cluster.spawn(nodes=2, cpus_per_node=1)
     try:
-        assert address, "the local cluster did not start:\n" + "".join(lines[-30:])
         yield LocalCluster(helper, address)
     finally:
-        helper.send_signal(signal.SIGTERM)  # the helper stops its nodes and removes its files
-        try:
-            helper.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(helper.pid, signal.SIGKILL)
-            helper.wait()
+        local_cluster.stop(helper)  # the helper stops its nodes and removes its files
 
 
 @dataclass

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import copy_run, run_stage
+from tests.conftest import copy_run, run_in_process, run_stage
 from worldmodels.errors import ConfigError
 from worldmodels.train.es import OLD_NAMES, make_cma
 from worldmodels.viz.plots import read_csv
@@ -48,7 +48,9 @@ def test_population_too_small():
         make_cma(5, population=1, sigma0=0.1, seed=0)
 
 
-def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
+def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world, ray_local):
+    """The CLI once per stage (train-controller, evaluate, export-agent); the resumed search, the
+    report and the shipped agent's evaluation in this process (`run_in_process`)."""
     straight = copy_run(tiny_world, tmp_path / "straight")
     run_stage("train_controller", "--config", "tiny", "--run", str(straight), "--controller.dream", "1")
     rows = read_csv(straight / "controller" / "generations.csv")
@@ -58,8 +60,8 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
         assert (straight / "controller" / name).exists(), name
 
     resumed = copy_run(tiny_world, tmp_path / "resumed")
-    run_stage("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1",
-              "--controller.generations", "1")
+    run_in_process("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1",
+                   "--controller.generations", "1")
     # As a run written before the checks' columns were renamed (real_* -> check_*) left them.
     ctrl = resumed / "controller"
     for name in ("generations.csv", "best.json"):
@@ -68,7 +70,7 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
             text = text.replace(f'"{new}"' if name == "best.json" else new, f'"{old}"' if name == "best.json" else old)
         assert "check" not in text.replace('"checks"', ""), text
         (ctrl / name).write_text(text)
-    run_stage("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1")
+    run_in_process("train_controller", "--config", "tiny", "--run", str(resumed), "--controller.dream", "1")
     resumed_rows = read_csv(ctrl / "generations.csv")
     assert [r["check_kept"] for r in resumed_rows] == [r["check_kept"] for r in rows]
     assert json.loads((ctrl / "best.json").read_text())["check"] == max(r["check_kept"] for r in rows)
@@ -91,7 +93,7 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
                   "--out", str(tmp_path / "matrix.json")])
     (row,) = json.loads((tmp_path / "matrix.json").read_text())
     assert row["real"] == summary["mean"] and np.isfinite(row[str(straight)])
-    run_stage("report", "--config", "tiny", "--run", str(straight))
+    run_in_process("report", "--config", "tiny", "--run", str(straight))
     report = (straight / "report.md").read_text()
     assert "## 5. Evaluation" in report and "## 4. C (controller)" in report
 
@@ -109,8 +111,8 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # float16 rounding only
     # Under another preset's eval settings (quick: 1,000-step cap) the agent keeps its own cap (tiny: 40).
-    run_stage("evaluate", "--config", "quick", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"),
-              "--eval.episodes", "2", "--eval.videos", "false")
+    run_in_process("evaluate", "--config", "quick", "--agent", str(agent), "--out", str(tmp_path / "agent_eval"),
+                   "--eval.episodes", "2", "--eval.videos", "false")
     shipped_eval = json.loads((tmp_path / "agent_eval" / "summary.json").read_text())
     assert shipped_eval["episodes"] == 2 and shipped_eval["max_steps"] == 40
     assert all(int(r["steps"]) <= 40 for r in read_csv(tmp_path / "agent_eval" / "scores.csv"))

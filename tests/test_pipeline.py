@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import copy_run, run_stage
+from tests.conftest import copy_run, run_in_process, run_stage
 from worldmodels.checkpoint import read_checkpoint_meta
 from worldmodels.data.series import list_series, load_series
 from worldmodels.viz.plots import read_csv
@@ -163,7 +163,7 @@ def test_carry_state_training_resumes_exactly(tmp_path, tiny_world):
     assert result.returncode == 2 and "nope" in result.stderr and "run `make series` first" in result.stderr
 
 
-def test_predict_delta_m_trains_and_dreams(tmp_path, tiny_world):
+def test_predict_delta_m_trains_and_dreams(tmp_path, tiny_world, ray_local):
     """`--mdnrnn.predict_delta true` through the stages after series: M trains (held-out figures
     computed on z, not on the change), C evolves in its dream, and the run's C loads it as such."""
     run = copy_run(tiny_world, tmp_path / "delta", parts=("vision", "series"))
@@ -171,8 +171,8 @@ def test_predict_delta_m_trains_and_dreams(tmp_path, tiny_world):
     summary = json.loads((run / "mdnrnn" / "summary.json").read_text())
     assert np.isfinite(summary["heldout_next_z_mse"]) and np.isfinite(summary["heldout_copy_z_mse"])
     assert read_checkpoint_meta(run / "mdnrnn" / "params.msgpack")["mdnrnn"]["predict_delta"] is True
-    run_stage("train_controller", "--config", "tiny", "--run", str(run), "--controller.dream", "1",
-              "--mdnrnn.predict_delta", "true", "--controller.generations", "1")
+    run_in_process("train_controller", "--config", "tiny", "--run", str(run), "--controller.dream", "1",
+                   "--mdnrnn.predict_delta", "true", "--controller.generations", "1")
     assert len(read_csv(run / "controller" / "generations.csv")) == 1
     plain = run_stage("train_controller", "--config", "tiny", "--run", str(tmp_path / "delta"),
                       "--controller.dream", "1", "--controller.generations", "2", check=False)
