@@ -60,10 +60,13 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
-    """A tiny run through the CLI up to M: rollouts, train-vae, series, train-rnn.
-    Tests that change it work on a copy (`copy_run`)."""
+    """A tiny run through the CLI up to M: `make rollouts` (the Makefile's contract, as a user
+    types it), then train-vae, series, train-rnn. Tests that change it work on a copy (`copy_run`)."""
     run = tmp_path_factory.mktemp("tiny_world")
-    for stage in ("rollouts", "train_vae", "series", "train_rnn"):
+    result = subprocess.run(["make", "rollouts", "CONFIG=tiny", f"RUN={run}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("train_vae", "series", "train_rnn"):
         run_stage(stage, "--config", "tiny", "--run", str(run))
     return run
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_run, run_in_process, run_stage
+from tests.test_crash import reference_run
 from worldmodels.errors import ConfigError
 from worldmodels.train.es import OLD_NAMES, make_cma
 from worldmodels.viz.plots import read_csv
@@ -48,9 +49,9 @@ def test_population_too_small():
         make_cma(5, population=1, sigma0=0.1, seed=0)
 
 
-def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world, ray_local):
-    """The CLI once per stage (train-controller, evaluate, export-agent); the resumed search, the
-    report and the shipped agent's evaluation in this process (`run_in_process`)."""
+def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world, ray_local, capsys):
+    """The CLI once per stage (train-controller, export-agent; evaluate's is the reference run's in
+    test_crash); the resumed search, the evaluations and the report in this process (`run_in_process`)."""
     straight = copy_run(tiny_world, tmp_path / "straight")
     run_stage("train_controller", "--config", "tiny", "--run", str(straight), "--controller.dream", "1")
     rows = read_csv(straight / "controller" / "generations.csv")
@@ -79,13 +80,15 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world, ray_local):
     np.testing.assert_array_equal(a.mean, b.mean)
     assert [r["best"] for r in read_csv(resumed / "controller" / "generations.csv")] == [r["best"] for r in rows]
 
-    result = run_stage("evaluate", "--config", "tiny", "--run", str(straight))
+    capsys.readouterr()
+    run_in_process("evaluate", "--config", "tiny", "--run", str(straight))
+    stdout = capsys.readouterr().out
     summary = json.loads((straight / "eval" / "summary.json").read_text())
     assert summary["env_id"] == "CarRacing-v3" and summary["episodes"] == 2
     assert summary["best_episode"]["replayed_return"] == pytest.approx(summary["max"])  # deterministic
     for name in ("scores.csv", "histogram.png", "best.mp4", "worst.mp4"):
         assert (straight / "eval" / name).exists(), name
-    assert "over 2 episodes of CarRacing-v3" in result.stdout
+    assert "over 2 episodes of CarRacing-v3" in stdout
     # scripts/dream_matrix.py: the run's C scored in its own M's dream, beside its real score.
     from scripts.dream_matrix import main as dream_matrix
 
@@ -238,10 +241,11 @@ def test_agent_policy_plays_the_agent_and_explores(tiny_world):
     assert np.abs(np.diff(randomly["action"], axis=0)).max() < 0.5  # a Brownian walk, never C's jumps
 
 
-def test_real_env_training(tmp_path, tiny_world):
-    run = copy_run(tiny_world, tmp_path / "real")
-    result = run_stage("train_controller", "--config", "tiny", "--run", str(run))
-    assert "train C (real env)" in result.stdout
+def test_real_env_training(tmp_path_factory, tiny_world):
+    """`make train-controller` in the real env: the session's undisturbed reference run (test_crash
+    and test_cluster compare their killed and resumed runs with it)."""
+    run = reference_run(tmp_path_factory, tiny_world)
+    assert "train C (real env)" in (run / "train_controller.stdout").read_text()
     rows = read_csv(run / "controller" / "generations.csv")
     assert len(rows) == 2 and all(r["steps_per_s"] > 0 for r in rows)
 

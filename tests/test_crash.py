@@ -98,15 +98,16 @@ def run_until_crash(stage: str, run: Path, point: tuple[str, int, str], *args: s
 
 
 def reference_run(tmp_path_factory, tiny_world: Path) -> Path:
-    """tiny_world plus an undisturbed train-controller and evaluate (RUN/eval), made once per
-    session (test_cluster compares with it too)."""
+    """tiny_world plus an undisturbed train-controller (real env, through the CLI) and evaluate
+    (RUN/eval), made once per session (test_cluster and test_real_env_training read it too)."""
     base = tmp_path_factory.getbasetemp() / "undisturbed_controller"
     if not (base / "done").exists():
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
         copy_run(tiny_world, base, parts=("vision", "series", "mdnrnn"))
-        run_stage("train_controller", "--config", "tiny", "--run", str(base))
+        result = run_stage("train_controller", "--config", "tiny", "--run", str(base))
+        (base / "train_controller.stdout").write_text(result.stdout)  # test_real_env_training reads it
         run_stage("evaluate", "--config", "tiny", "--agent", str(base), "--out", str(base / "eval"))
         (base / "done").touch()
     return base

@@ -71,12 +71,14 @@ def test_train_vae_series_train_rnn(tmp_path, tiny_world):
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path, rollouts):
+    """In-process (test_crash resumes the CLI after a kill -9): the three runs share one process's
+    devices, so their sums run in the same order."""
     straight = new_run(tmp_path, rollouts, "straight")
-    run_stage("train_vae", "--config", "tiny", "--run", str(straight), "--vision.max_steps", "13")
+    run_in_process("train_vae", "--config", "tiny", "--run", str(straight), "--vision.max_steps", "13")
     resumed = new_run(tmp_path, rollouts, "resumed")
-    run_stage("train_vae", "--config", "tiny", "--run", str(resumed), "--vision.max_steps", "6")
+    run_in_process("train_vae", "--config", "tiny", "--run", str(resumed), "--vision.max_steps", "6")
     assert read_checkpoint_meta(resumed / "vision" / "checkpoint.msgpack")["step"] == 6
-    run_stage("train_vae", "--config", "tiny", "--run", str(resumed), "--vision.max_steps", "13")
+    run_in_process("train_vae", "--config", "tiny", "--run", str(resumed), "--vision.max_steps", "13")
     assert read_checkpoint_meta(resumed / "vision" / "checkpoint.msgpack")["step"] == 13
     for a, b in zip(jax.tree.leaves(params_of(straight)), jax.tree.leaves(params_of(resumed)),
                     strict=True):
@@ -97,7 +99,7 @@ def test_bad_input(tmp_path, rollouts):
     assert result.returncode == 2 and "run `make series` first" in result.stderr
 
     run = new_run(tmp_path, rollouts, "b")
-    run_stage("train_vae", "--config", "tiny", "--run", str(run), "--vision.max_steps", "2")
+    run_in_process("train_vae", "--config", "tiny", "--run", str(run), "--vision.max_steps", "2")
     result = run_stage("train_vae", "--config", "tiny", "--run", str(run), "--vision.latent_dim", "4",
                        check=False)
     assert result.returncode == 2 and "vision.latent_dim=8, now 4" in result.stderr

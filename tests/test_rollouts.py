@@ -2,24 +2,20 @@
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_stage
+from tests.conftest import copy_run, run_in_process, run_stage
 from worldmodels.config import get_config
 from worldmodels.data.episodes import list_episodes, load_episode
 from worldmodels.rollout.collect import run_random_episode
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    result = subprocess.run(["make", "rollouts", "CONFIG=tiny", f"RUN={run}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run
+def tiny_run(tmp_path_factory, tiny_world):
+    """A copy of the rollouts `make rollouts CONFIG=tiny` wrote for the session's tiny_world."""
+    return copy_run(tiny_world, tmp_path_factory.mktemp("run"), parts=("rollouts",))
 
 
 def test_make_rollouts_writes_valid_episodes(tiny_run):
@@ -40,7 +36,7 @@ def test_make_rollouts_writes_valid_episodes(tiny_run):
     assert saved["rollouts"]["episodes"] == 4 and saved["preset"] == "tiny"
 
 
-def test_rerun_writes_nothing_new_and_extending_completes_missing(tiny_run):
+def test_rerun_writes_nothing_new_and_extending_completes_missing(tiny_run, ray_local, capsys):
     folder = tiny_run / "rollouts"
     before = {p.name: os.stat(p).st_mtime_ns for p in list_episodes(folder)}
     result = run_stage("rollouts", "--config", "tiny", "--run", str(tiny_run))
@@ -48,19 +44,20 @@ def test_rerun_writes_nothing_new_and_extending_completes_missing(tiny_run):
     assert {p.name: os.stat(p).st_mtime_ns for p in list_episodes(folder)} == before
 
     (folder / "episode_000001.npz").unlink()
-    result = run_stage("rollouts", "--config", "tiny", "--run", str(tiny_run),
-                       "--rollouts.episodes", "5")
-    assert "2 written, 3 already there" in result.stdout
+    capsys.readouterr()
+    # in-process on the session's Ray (the CLI's own Ray start costs more than the 2 episodes)
+    run_in_process("rollouts", "--config", "tiny", "--run", str(tiny_run), "--rollouts.episodes", "5")
+    assert "2 written, 3 already there" in capsys.readouterr().out
     after = {p.name: os.stat(p).st_mtime_ns for p in list_episodes(folder)}
     assert len(after) == 5
     assert all(after[name] == mtime for name, mtime in before.items() if name in after
                and name != "episode_000001.npz")
 
 
-def test_corrupt_episode_on_rerun_is_refused_and_kept(tmp_path):
+def test_corrupt_episode_on_rerun_is_refused_and_kept(tmp_path, ray_local):
     run = tmp_path / "run"
-    run_stage("rollouts", "--config", "tiny", "--run", str(run), "--rollouts.episodes", "2",
-              "--rollouts.max_steps", "20")
+    run_in_process("rollouts", "--config", "tiny", "--run", str(run), "--rollouts.episodes", "2",
+                   "--rollouts.max_steps", "20")
     bad = run / "rollouts" / "episode_000001.npz"
     bad.write_bytes(bad.read_bytes()[:1000])
     result = run_stage("rollouts", "--config", "tiny", "--run", str(run),
