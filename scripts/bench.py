@@ -80,34 +80,43 @@ def bench_env() -> Iterator[Figure]:
     yield "env_speedup", rates["FastCarRacing-v3"] / rates["CarRacing-v3"], "x"
 
 
-def bench_rollout(episodes: int = 8, max_steps: int = 1000, rounds: int = 2) -> Iterator[Figure]:
-    """Episodes/s of the rollouts stage with every local core vs with one worker, on episodes
-    of the default preset's length (1000 steps), alternating rounds (1, all, 1, all) so that a
-    shared host's speed drifting during the group moves both figures alike."""
+def rollout_rates(episodes: int, max_steps: int, rounds: int, workers: tuple[int, ...], warm_episodes: int,
+                  warm_steps: int, label: str) -> dict[int, float]:
+    """Episodes/s of `collect_rollouts` (tiny preset's env, episodes of `max_steps`) with each
+    number of `workers`, on the Ray this process has joined, in alternating rounds (1, all, 1,
+    all, ...) so that a shared host's speed drifting during the group moves every figure alike.
+    A warm-up collection first starts the workers' imports."""
     from dataclasses import replace
 
     from worldmodels.config import get_config
-    from worldmodels.parallel import init_ray
     from worldmodels.rollout.collect import collect_rollouts
+
+    config = get_config("tiny")
+    config = replace(config, rollouts=replace(config.rollouts, episodes=episodes, max_steps=max_steps, workers=0))
+    done, seconds = dict.fromkeys(workers, 0), dict.fromkeys(workers, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = replace(config, rollouts=replace(config.rollouts, episodes=warm_episodes, max_steps=warm_steps,
+                                                seed=10_000))
+        collect_rollouts(warm, os.path.join(tmp, "warm"), workers=max(workers), progress=False)
+        for r in range(rounds):
+            for w in workers:
+                summary = collect_rollouts(config, os.path.join(tmp, f"r{r}w{w}"), workers=w, progress=False)
+                done[w] += summary.written
+                seconds[w] += summary.seconds
+                log(f"{label}, {w} worker(s): {summary.episodes_per_s:.2f} episodes/s, "
+                    f"{summary.steps_per_s:.0f} steps/s")
+    return {w: done[w] / seconds[w] for w in workers}
+
+
+def bench_rollout(episodes: int = 8, max_steps: int = 1000, rounds: int = 2) -> Iterator[Figure]:
+    """Episodes/s of the rollouts stage with every local core vs with one worker, on episodes
+    of the default preset's length (1000 steps), alternating rounds."""
+    from worldmodels.parallel import init_ray
 
     cpus = os.cpu_count() or 1
     ray = init_ray(num_cpus=cpus)
-    config = get_config("tiny")
-    config = replace(config, rollouts=replace(config.rollouts, episodes=episodes,
-                                              max_steps=max_steps, workers=0))
-    episodes_done, seconds = {1: 0, cpus: 0}, {1: 0.0, cpus: 0.0}
-    with tempfile.TemporaryDirectory() as tmp:
-        warm = replace(config, rollouts=replace(config.rollouts, episodes=cpus, seed=10_000))
-        collect_rollouts(warm, os.path.join(tmp, "warm"), workers=cpus, progress=False)
-        for r in range(rounds):
-            for workers in (1, cpus):
-                summary = collect_rollouts(config, os.path.join(tmp, f"r{r}w{workers}"),
-                                           workers=workers, progress=False)
-                episodes_done[workers] += summary.written
-                seconds[workers] += summary.seconds
-                log(f"rollouts with {workers} worker(s): {summary.episodes_per_s:.2f} episodes/s, "
-                    f"{summary.steps_per_s:.0f} steps/s")
-    rates = {w: episodes_done[w] / seconds[w] for w in episodes_done}
+    rates = rollout_rates(episodes, max_steps, rounds, (1, cpus), warm_episodes=cpus, warm_steps=max_steps,
+                          label="rollouts")
     # The group's local Ray goes with it: its idle raylet and worker pool would otherwise share
     # the two cores with every later group (measured: M's JAX training -22 %, PyTorch's -3 %),
     # a condition no stage meets (`make train-rnn` and `make train-vae` run without Ray).
@@ -122,38 +131,21 @@ def bench_cluster(episodes: int = 8, max_steps: int = 1000, rounds: int = 2) -> 
     CPU per node, joined by address like RAY_ADDRESS) with 2 workers (one per node) vs 1 worker
     (one node), episodes of the default preset's length, alternating rounds. A node here is one
     CPU, so the 1-worker figure is the throughput per CPU of a cluster node."""
-    from dataclasses import replace
-
     import ray
 
     from scripts import local_cluster
-    from worldmodels.config import get_config
     from worldmodels.parallel import init_ray
-    from worldmodels.rollout.collect import collect_rollouts
 
     if ray.is_initialized():
         ray.shutdown()  # another group's local Ray
     helper, address = local_cluster.spawn(nodes=2, cpus_per_node=1)
-    config = get_config("tiny")
-    config = replace(config, rollouts=replace(config.rollouts, episodes=episodes, max_steps=max_steps, workers=0))
-    episodes_done, seconds = {1: 0, 2: 0}, {1: 0.0, 2: 0.0}
     try:
         init_ray(address=address)
-        with tempfile.TemporaryDirectory() as tmp:
-            warm = replace(config, rollouts=replace(config.rollouts, episodes=2, max_steps=50, seed=10_000))
-            collect_rollouts(warm, os.path.join(tmp, "warm"), workers=2, progress=False)
-            for r in range(rounds):
-                for workers in (1, 2):
-                    summary = collect_rollouts(config, os.path.join(tmp, f"r{r}w{workers}"), workers=workers,
-                                               progress=False)
-                    episodes_done[workers] += summary.written
-                    seconds[workers] += summary.seconds
-                    log(f"2-node cluster, {workers} worker(s): {summary.episodes_per_s:.2f} episodes/s, "
-                        f"{summary.steps_per_s:.0f} steps/s")
+        rates = rollout_rates(episodes, max_steps, rounds, (1, 2), warm_episodes=2, warm_steps=50,
+                              label="2-node cluster")
     finally:
         ray.shutdown()
         local_cluster.stop(helper, timeout=120)
-    rates = {w: episodes_done[w] / seconds[w] for w in (1, 2)}
     yield "cluster_rollout_episodes_per_s_1_node", rates[1], "episodes/s"
     yield "cluster_rollout_episodes_per_s_2_nodes", rates[2], "episodes/s"
     yield "cluster_rollout_scaling", rates[2] / rates[1], "x"
