@@ -79,3 +79,16 @@ def copy_run(source: Path, target: Path, parts=("rollouts", "vision", "series", 
         if (source / part).exists():
             shutil.copytree(source / part, target / part)
     return target
+
+
+@pytest.fixture(scope="session")
+def reference_controller(tiny_world, tmp_path_factory) -> Path:
+    """tiny_world plus an undisturbed train-controller (real env, through the CLI; its stdout in
+    `train_controller.stdout`) and evaluate (RUN/eval), made once per session: test_crash and
+    test_cluster compare their killed and resumed runs with it, test_real_env_training reads it."""
+    run = tmp_path_factory.mktemp("undisturbed_controller")
+    copy_run(tiny_world, run, parts=("vision", "series", "mdnrnn"))
+    result = run_stage("train_controller", "--config", "tiny", "--run", str(run))
+    (run / "train_controller.stdout").write_text(result.stdout)
+    run_stage("evaluate", "--config", "tiny", "--agent", str(run), "--out", str(run / "eval"))
+    return run

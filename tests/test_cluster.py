@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, copy_run, run_stage
-from tests.test_crash import assert_same_json, assert_same_rows, assert_same_tree, reference_run
+from tests.test_crash import assert_same_json, assert_same_rows, assert_same_tree
 from worldmodels.data.episodes import check_episode_file, list_episodes, load_episode
 from worldmodels.viz.plots import read_csv
 
@@ -178,11 +178,11 @@ def test_rollouts_driver_killed_then_rerun_resumes(cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, tmp_path, tmp_path_factory,
-                                                                      tiny_world):
+def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, tmp_path, tiny_world,
+                                                                      reference_controller):
     """The tiny CMA-ES run on the cluster, with an episode worker of the worker node killed in
     generation 1 and the driver killed after it, ends exactly like the undisturbed local run."""
-    reference = reference_run(tmp_path_factory, tiny_world)
+    reference = reference_controller
     run = copy_run(tiny_world, tmp_path / "run", parts=("vision", "series", "mdnrnn"))
     args = ("--config", "tiny", "--run", str(run))
     generations = run / "controller" / "generations.csv"
@@ -207,8 +207,8 @@ def test_controller_on_every_node_survives_a_killed_worker_and_driver(cluster, t
 
 
 @pytest.mark.slow
-def test_evaluation_on_the_cluster_scores_like_a_local_run(cluster, tmp_path, tmp_path_factory, tiny_world):
-    reference = reference_run(tmp_path_factory, tiny_world)
+def test_evaluation_on_the_cluster_scores_like_a_local_run(cluster, tmp_path, reference_controller):
+    reference = reference_controller
     with NodeWatcher(cluster, "ray::episodes_task") as watcher:
         run_stage("evaluate", "--config", "tiny", "--agent", str(reference), "--out", str(tmp_path / "eval"),
                   env=cluster.env())

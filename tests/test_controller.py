@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_run, run_in_process, run_stage
-from tests.test_crash import reference_run
 from worldmodels.errors import ConfigError
 from worldmodels.train.es import OLD_NAMES, make_cma
 from worldmodels.viz.plots import read_csv
@@ -241,10 +240,10 @@ def test_agent_policy_plays_the_agent_and_explores(tiny_world):
     assert np.abs(np.diff(randomly["action"], axis=0)).max() < 0.5  # a Brownian walk, never C's jumps
 
 
-def test_real_env_training(tmp_path_factory, tiny_world):
+def test_real_env_training(reference_controller):
     """`make train-controller` in the real env: the session's undisturbed reference run (test_crash
     and test_cluster compare their killed and resumed runs with it)."""
-    run = reference_run(tmp_path_factory, tiny_world)
+    run = reference_controller
     assert "train C (real env)" in (run / "train_controller.stdout").read_text()
     rows = read_csv(run / "controller" / "generations.csv")
     assert len(rows) == 2 and all(r["steps_per_s"] > 0 for r in rows)

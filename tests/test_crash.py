@@ -5,7 +5,7 @@ Each stage runs through its real CLI in a subprocess that SIGKILLs itself at a c
 drawn (seeded: WM_CRASH_SEED, default 0) from the moments that matter for a kill: while the
 k-th output file of a kind is being written (its temporary is left half-written) or just
 after it is committed (the next file is not). The undisturbed runs are the session's
-`tiny_world` (rollouts to M) and one train-controller + evaluate run made here.
+`tiny_world` (rollouts to M) and `reference_controller` (conftest: train-controller + evaluate).
 """
 
 from __future__ import annotations
@@ -95,22 +95,6 @@ def run_until_crash(stage: str, run: Path, point: tuple[str, int, str], *args: s
             pass
     assert proc.returncode == -signal.SIGKILL, (
         f"{stage} was not killed at {point} (exit {proc.returncode}):\n{err[-3000:]}")
-
-
-def reference_run(tmp_path_factory, tiny_world: Path) -> Path:
-    """tiny_world plus an undisturbed train-controller (real env, through the CLI) and evaluate
-    (RUN/eval), made once per session (test_cluster and test_real_env_training read it too)."""
-    base = tmp_path_factory.getbasetemp() / "undisturbed_controller"
-    if not (base / "done").exists():
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
-        copy_run(tiny_world, base, parts=("vision", "series", "mdnrnn"))
-        result = run_stage("train_controller", "--config", "tiny", "--run", str(base))
-        (base / "train_controller.stdout").write_text(result.stdout)  # test_real_env_training reads it
-        run_stage("evaluate", "--config", "tiny", "--agent", str(base), "--out", str(base / "eval"))
-        (base / "done").touch()
-    return base
 
 
 def check_complete(folder: Path) -> None:
@@ -221,12 +205,12 @@ def compare_with_undisturbed(stage: str, run: Path, ref: Path) -> None:
 
 @pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.slow) if s in ("train_controller", "evaluate")
                                    else s for s in STAGES])
-def test_kill_9_mid_stage_then_rerun_gives_the_undisturbed_outputs(stage, tmp_path, tmp_path_factory, tiny_world):
+def test_kill_9_mid_stage_then_rerun_gives_the_undisturbed_outputs(stage, tmp_path, tiny_world, request):
     parts, out, points = STAGES[stage]
     rng = random.Random(f"{SEED}:{stage}")
     pattern, most = rng.choice(points)
     point = (pattern, rng.randint(1, most), rng.choice(["during", "after"]))
-    ref = reference_run(tmp_path_factory, tiny_world) if stage in ("train_controller", "evaluate") else tiny_world
+    ref = request.getfixturevalue("reference_controller") if stage in ("train_controller", "evaluate") else tiny_world
     run = copy_run(ref, tmp_path / "run", parts=parts)
     args = ["--config", "tiny", "--run", str(run)]
     if stage == "evaluate":
