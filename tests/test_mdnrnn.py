@@ -426,3 +426,40 @@ def test_carried_state_continues_the_sequence():
     _, other, _ = jax.jit(make_carry_train_step(module, cfg, tx))(state, data, starts, key, stale,
                                                                   jnp.asarray([False, False]))
     assert abs(float(other["loss"]) - float(metrics["loss"])) > 1e-4  # the carry is used
+
+
+def test_a_dreamed_death_pays_the_death_reward():
+    """With death_reward set, the step where M's done fires pays it instead of the reward head's
+    expectation (so dying early is no escape from -0.1 a step); the step cap is no death."""
+    module, env, params = make_dream()
+    policy_params = {"w": jax.random.normal(jax.random.key(2), (4 + module.hidden, 3)), "b": jnp.zeros(3)}
+    keys = jax.random.split(jax.random.key(4), 32)
+    run = lambda p: jax.jit(jax.vmap(lambda k: dream_rollout(env, p, linear_policy, policy_params, k, 60)))(keys)
+    plain, plain_len = run(params)
+    dead, dead_len = run(params.replace(death_reward=jnp.asarray(-1000.0)))
+    np.testing.assert_array_equal(plain_len, dead_len)  # same episodes, only the pay differs
+    died = np.asarray(plain_len) < 40
+    assert died.any()
+    diff = np.asarray(dead) - np.asarray(plain)
+    assert (diff[died] <= -999.9 - 1e-3).all() and (diff[died] >= -1003.0).all()  # -1000 - p*3 - (1-p)*-0.1
+    np.testing.assert_allclose(diff[~died], 0.0, atol=1e-4)
+
+
+def test_dream_rewards_from_series(tmp_path):
+    from worldmodels.train.es import dream_rewards
+
+    def write(i, reward, done):
+        t = len(reward)
+        np.savez(tmp_path / f"episode_{i:06d}.npz", mu=np.zeros((t, 2), np.float32),
+                 logvar=np.zeros((t, 2), np.float32), action=np.zeros((t, 3), np.float32),
+                 reward=np.array(reward, np.float32), done=np.array(done), truncated=np.zeros(t, bool),
+                 vision_id=np.array("v"))
+
+    write(0, [-0.1, 3.0, -0.1, -100.1], [False, False, False, True])
+    write(1, [3.4, -0.1, -0.1], [False, False, False])
+    values, death = dream_rewards(tmp_path, "binary")
+    np.testing.assert_allclose(values, [-0.1, 3.2], rtol=1e-6)  # the death is not a step's reward
+    assert death == pytest.approx(-100.1)
+    assert dream_rewards(tmp_path, "none")[1] is None  # Doom: frames survived, no death price
+    (tmp_path / "episode_000000.npz").unlink()
+    assert dream_rewards(tmp_path, "binary")[1] is None  # no terminal step recorded

@@ -1,18 +1,21 @@
 import numpy as np
 import pytest
 
+from worldmodels.config import get_config
+from worldmodels.envs.carracing import original_action
 from worldmodels.errors import ConfigError
+from worldmodels.rollout.collect import validate_rollout_config
 from worldmodels.rollout.policies import make_random_policy
 
 LOW = np.array([-1.0, 0.0, 0.0], np.float32)
 HIGH = np.array([1.0, 1.0, 1.0], np.float32)
 
 
-@pytest.mark.parametrize("name", ["random", "brownian"])
+@pytest.mark.parametrize("name", ["random", "brownian", "steady"])
 def test_policies_stay_in_bounds_and_are_reproducible(name):
     def actions(seed):
         policy = make_random_policy(name, LOW, HIGH, action_repeat=5, brownian_dt=0.02,
-                                    rng=np.random.default_rng(seed))
+                                    rng=np.random.default_rng(seed), original_action=original_action)
         return np.stack([policy.act() for _ in range(200)])
 
     a = actions(1)
@@ -38,7 +41,25 @@ def test_brownian_policy_moves_in_small_steps():
     assert np.abs(np.diff(a, axis=0)).max() < 0.8  # sqrt(0.02) * ~5 sigma
 
 
+def test_steady_policy_drives_nearly_straight_without_braking():
+    # The original code's random-weight controller on CarRacing: gas ~ 0.5, steering and brake ~ 0.
+    for seed in range(5):
+        policy = make_random_policy("steady", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
+                                    rng=np.random.default_rng(seed), original_action=original_action)
+        a = np.stack([policy.act() for _ in range(300)])
+        assert np.abs(a[:, 0]).max() < 0.5 and np.abs(a[:, 1] - 0.5).max() < 0.25
+        assert a[:, 2].mean() < 0.1 and (a[:, 2] == 0).mean() > 0.3  # brake clipped at 0
+
+
+def test_steady_policy_needs_the_envs_original_action():
+    with pytest.raises(ConfigError, match="original_action"):
+        make_random_policy("steady", LOW, HIGH, action_repeat=5, brownian_dt=0.02, rng=np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="not defined for env 'doom'"):
+        validate_rollout_config(get_config("doom-tiny", ["--rollouts.policy", "steady"]))
+    validate_rollout_config(get_config("tiny", ["--rollouts.policy", "steady"]))
+
+
 def test_unknown_policy():
-    with pytest.raises(ConfigError, match="valid: random, brownian"):
+    with pytest.raises(ConfigError, match="valid: random, brownian, steady"):
         make_random_policy("greedy", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
                            rng=np.random.default_rng(0))

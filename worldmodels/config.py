@@ -40,7 +40,9 @@ class RolloutConfig:
     """Cap on steps per episode (the book: 300; the original code: 1000)."""
     policy: str = "brownian"
     """'random': uniform action held for `action_repeat` steps (the book);
-    'brownian': a random walk on the actions (the PyTorch reimplementation)."""
+    'brownian': a random walk on the actions (the PyTorch reimplementation);
+    'steady': the original code's random-weight controller, nearly one action per episode
+    (CarRacing: fast, nearly straight driving; `rollout.policies.SteadyPolicy`)."""
     action_repeat: int = 5
     """Steps a sampled action is held by the 'random' policy (`action_refresh_rate`)."""
     brownian_dt: float = 0.02

@@ -44,6 +44,14 @@ def rollout_action(action: np.ndarray) -> np.ndarray:
     return action
 
 
+def original_action(y: np.ndarray) -> np.ndarray:
+    """A controller output y (3,) -> action as the original code mapped it (numpy): steer
+    tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1). Only the 'steady' rollout policy uses
+    it; C's own squash (below) maps the brake like the gas."""
+    t = np.tanh(np.asarray(y, np.float64))
+    return np.array([t[0], (t[1] + 1.0) / 2.0, np.clip(t[2], 0.0, 1.0)], np.float32)
+
+
 def squash_action(y):
     """Controller output (..., 3) -> CarRacing action: steer in [-1, 1], gas/brake in [0, 1]."""
     from worldmodels.models.controller import carracing_squash

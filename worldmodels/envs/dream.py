@@ -10,7 +10,10 @@ from the mixture at temperature tau, and takes reward and done from M's heads:
   regression head, the predicted reward; without a head, `constant_reward` per step (Doom:
   reward = steps survived).
 - done: P(done) > 0.5 (the paper) or, with `done_sample`, a Bernoulli(P(done)) draw at every
-  step; or t reaching `max_steps`.
+  step; or t reaching `max_steps`. A death (not the step cap) pays `death_reward` when it is
+  set: the mean reward of the series' terminal steps (CarRacing: -100 for leaving the
+  playfield). Without it a dream with deaths would reward dying early, since dying ends the
+  -0.1 a step and costs nothing.
 
 With `agent_rnn` set, the dream's world and the agent's M are two models: `rnn` (the world)
 generates z, reward and done, while `agent_rnn` (the agent's own M) reads the dreamed z and
@@ -48,6 +51,7 @@ class DreamParams:
     reward_values: jax.Array  # (2,) [r_neg, r_pos] for a binary reward head
     constant_reward: jax.Array  # () reward per step when M has no reward head
     agent_rnn: Any = None  # the agent's M, when another M (rnn) dreams the world; None = rnn
+    death_reward: jax.Array | None = None  # () reward of a dreamed death; None: the step's usual reward
     max_steps: int = flax.struct.field(pytree_node=False, default=1000)
     done_sample: bool = flax.struct.field(pytree_node=False, default=False)
 
@@ -95,6 +99,8 @@ class DreamEnv:
             died = jax.random.uniform(jax.random.fold_in(key, 1)) < p_done
         else:
             died = p_done > 0.5
+        if params.death_reward is not None:
+            reward = jnp.where(died, params.death_reward, reward)
         done = died | (t >= params.max_steps)
         new = DreamState(z=z, lstm=lstm, prev_reward=reward, t=t, done=done, agent=agent)
         # Finished episodes do not move: the scan length is static, the episode is not.

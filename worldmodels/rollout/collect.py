@@ -42,7 +42,8 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
         rng = np.random.default_rng([cfg.seed, index])
         space = env.action_space
         policy = make_random_policy(cfg.policy, space.low, space.high, action_repeat=cfg.action_repeat,
-                                    brownian_dt=cfg.brownian_dt, rng=rng)
+                                    brownian_dt=cfg.brownian_dt, rng=rng,
+                                    original_action=getattr(module, "original_action", None))
         if agent is not None:
             from worldmodels.rollout.agent import agent_policy
 
@@ -116,6 +117,9 @@ def validate_rollout_config(config: Config) -> None:
     cfg = config.rollouts
     if cfg.policy not in POLICIES:
         raise ConfigError(f"unknown rollout policy '{cfg.policy}'; valid: {', '.join(POLICIES)}")
+    if cfg.policy == "steady" and not hasattr(get_env_module(config.env.name), "original_action"):
+        raise ConfigError(f"rollouts.policy 'steady' is not defined for env '{config.env.name}' "
+                          "(it has no original_action); use 'random' or 'brownian'")
     if cfg.episodes < 0 or cfg.max_steps < 1 or cfg.workers < 0:
         raise ConfigError("rollouts.episodes and rollouts.workers must be >= 0 and "
                           "rollouts.max_steps >= 1")

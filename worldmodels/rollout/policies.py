@@ -39,13 +39,43 @@ class BrownianPolicy:
         return action
 
 
-POLICIES = ("random", "brownian")
+class SteadyPolicy:
+    """The original code's "random" agent: a linear controller whose weights are drawn with a
+    standard deviation s ~ U(0, 0.01) per episode, so its output y = W x + b stays within
+    ~s * |x| of zero and the action is nearly the same all episode. Without a V to give it x,
+    y = b + s * INPUT_NORM * noise, with b ~ N(0, s^2) and |x| ~ INPUT_NORM for C's 288 inputs.
+    `original_action` maps y to the env's action as the original code did; for CarRacing
+    (steer tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1)) that is steering ~ 0, gas ~ 0.5,
+    brake ~ 0: the car drives fast and nearly straight, where a Brownian walk brakes half
+    the time and crawls (median speed ~ 70 against ~ 3 on FastCarRacing)."""
+
+    MAX_STD = 0.01
+    INPUT_NORM = 8.5  # sqrt(288 inputs * 0.25 mean square)
+
+    def __init__(self, dim: int, original_action, rng: np.random.Generator):
+        self.rng, self.original_action = rng, original_action
+        self.std = rng.uniform(0.0, self.MAX_STD)
+        self.bias = rng.normal(0.0, self.std, dim)
+
+    def act(self, frame: np.ndarray | None = None) -> np.ndarray:
+        y = self.bias + self.std * self.INPUT_NORM * self.rng.standard_normal(self.bias.shape)
+        return np.asarray(self.original_action(y), np.float32)
+
+
+POLICIES = ("random", "brownian", "steady")
 
 
 def make_random_policy(name: str, low: np.ndarray, high: np.ndarray, *, action_repeat: int,
-                       brownian_dt: float, rng: np.random.Generator):
+                       brownian_dt: float, rng: np.random.Generator, original_action=None):
+    """`original_action` (y -> action, numpy) is the env's mapping of a controller output as
+    the original code made it; only 'steady' uses it."""
     if name == "random":
         return RandomPolicy(low, high, action_repeat, rng)
     if name == "brownian":
         return BrownianPolicy(low, high, brownian_dt, rng)
+    if name == "steady":
+        if original_action is None:
+            raise ConfigError("rollouts.policy 'steady' needs the env module's original_action; "
+                              "this env has none: use 'random' or 'brownian'")
+        return SteadyPolicy(len(low), original_action, rng)
     raise ConfigError(f"unknown rollout policy '{name}'; valid: {', '.join(POLICIES)}")

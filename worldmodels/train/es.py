@@ -74,14 +74,19 @@ def make_cma(dim: int, population: int, sigma0: float, seed: int, x0: np.ndarray
         raise ConfigError(f"pycma refused the search settings: {exc}") from None
 
 
-def dream_reward_values(series_folder: Path) -> np.ndarray:
-    """[r_neg, r_pos]: mean non-positive and mean positive reward of the recorded series."""
+def dream_rewards(series_folder: Path, reward_head: str) -> tuple[np.ndarray, float | None]:
+    """What M's dream pays, from the recorded series: [r_neg, r_pos], the mean non-positive and
+    mean positive reward of the non-terminal steps (a binary head's two outcomes), and the mean
+    reward of the terminal steps (what a death costs in the real env), None when M has no reward
+    head (Doom pays steps survived) or the series hold no terminal step."""
     from worldmodels.data.series import list_series, load_series
 
-    rewards = [load_series(p) for p in list_series(series_folder)]
-    r = np.concatenate([s["reward"][~s["done"]] for s in rewards]) if rewards else np.zeros(1)
+    series = [load_series(p) for p in list_series(series_folder)]
+    r = np.concatenate([s["reward"][~s["done"]] for s in series]) if series else np.zeros(1)
+    died = np.concatenate([s["reward"][s["done"]] for s in series]) if series else np.zeros(0)
     neg, pos = r[r <= 0], r[r > 0]
-    return np.array([neg.mean() if len(neg) else 0.0, pos.mean() if len(pos) else 1.0], np.float32)
+    values = np.array([neg.mean() if len(neg) else 0.0, pos.mean() if len(pos) else 1.0], np.float32)
+    return values, (float(died.mean()) if len(died) and reward_head != "none" else None)
 
 
 def load_dream_worlds(folders: tuple[str, ...], world: WorldModel):
@@ -121,14 +126,16 @@ class DreamScorer:
         if world.dreams_from_mu:
             logvar = np.full_like(logvar, -np.inf)  # an M trained on mu dreams from mu: z0 = mu exactly
         env = DreamEnv(world.module)
+        reward_values, death_reward = dream_rewards(series_folder, world.module.reward_head)
         self.worlds = load_dream_worlds(cfg.dream_worlds, world)
         self.world_count = len(cfg.dream_worlds) or 1
         self.params = DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(mu),
                                   initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(cfg.temperature),
-                                  reward_values=jnp.asarray(dream_reward_values(series_folder)),
+                                  reward_values=jnp.asarray(reward_values),
                                   constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
                                   done_sample=cfg.dream_done == "sample",
-                                  agent_rnn=None if self.worlds is None else world.rnn_params)
+                                  agent_rnn=None if self.worlds is None else world.rnn_params,
+                                  death_reward=None if death_reward is None else jnp.asarray(death_reward))
         self.check_split(cfg.rollouts, "controller.rollouts")
         if cfg.checks == "dream":
             self.check_split(cfg.eval_episodes, "controller.eval_episodes")
