@@ -63,3 +63,19 @@ def test_unknown_policy():
     with pytest.raises(ConfigError, match="valid: random, brownian, steady"):
         make_random_policy("greedy", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
                            rng=np.random.default_rng(0))
+
+
+def test_brownian_walk_bounds_beyond_the_box_hold_the_action_at_its_limit():
+    policy = make_random_policy("brownian", LOW, HIGH, action_repeat=5, brownian_dt=0.02,
+                                rng=np.random.default_rng(0), walk_low=(-1.0, 0.0, -2.0), walk_high=(1.0, 0.3, 0.5))
+    a = np.stack([policy.act() for _ in range(5000)])
+    assert (a >= LOW).all() and (a <= HIGH).all()
+    assert a[:, 1].max() <= 0.3 and a[:, 2].max() <= 0.5
+    assert 0.3 < (a[:, 2] == 0).mean() < 0.99  # the brake walk spends most of its time below 0
+
+
+def test_brownian_bounds_are_checked_before_any_work():
+    for args, match in ((["--rollouts.brownian_low=-1,0"], "has 2 values; env 'carracing' has 3"),
+                        (["--rollouts.brownian_low=-1,0,0", "--rollouts.brownian_high=1,0,1"], "below")):
+        with pytest.raises(ConfigError, match=match):
+            validate_rollout_config(get_config("tiny", args))

@@ -47,6 +47,12 @@ class RolloutConfig:
     """Steps a sampled action is held by the 'random' policy (`action_refresh_rate`)."""
     brownian_dt: float = 0.02
     """Time step of the Brownian policy's random walk (1/FPS)."""
+    brownian_low: tuple[float, ...] = ()
+    """Lower bound of the Brownian walk per action dimension (empty: the env's action box).
+    The action taken is the walk clipped to the box: CarRacing `-1,0,-2` with brownian_high
+    `1,0.3,0.5` drives with gas <= 0.3 and brakes on ~20 % of the steps."""
+    brownian_high: tuple[float, ...] = ()
+    """Upper bound of the Brownian walk per action dimension (empty: the env's action box)."""
     seed: int = 0
     """Base seed: env seeds and policy noise both derive from it and the episode index."""
     workers: int = 0

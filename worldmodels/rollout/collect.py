@@ -43,7 +43,8 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
         space = env.action_space
         policy = make_random_policy(cfg.policy, space.low, space.high, action_repeat=cfg.action_repeat,
                                     brownian_dt=cfg.brownian_dt, rng=rng,
-                                    original_action=getattr(module, "original_action", None))
+                                    original_action=getattr(module, "original_action", None),
+                                    walk_low=cfg.brownian_low, walk_high=cfg.brownian_high)
         if agent is not None:
             from worldmodels.rollout.agent import agent_policy
 
@@ -120,6 +121,14 @@ def validate_rollout_config(config: Config) -> None:
     if cfg.policy == "steady" and not hasattr(get_env_module(config.env.name), "original_action"):
         raise ConfigError(f"rollouts.policy 'steady' is not defined for env '{config.env.name}' "
                           "(it has no original_action); use 'random' or 'brownian'")
+    dim = get_env_module(config.env.name).ACTION_DIM
+    for name, bound in (("brownian_low", cfg.brownian_low), ("brownian_high", cfg.brownian_high)):
+        if bound and len(bound) != dim:
+            raise ConfigError(f"rollouts.{name} has {len(bound)} values; env '{config.env.name}' has "
+                              f"{dim} action dimensions (give one bound each, comma-separated)")
+    if cfg.brownian_low and cfg.brownian_high and not all(
+            lo < hi for lo, hi in zip(cfg.brownian_low, cfg.brownian_high, strict=True)):
+        raise ConfigError("rollouts.brownian_low must be below rollouts.brownian_high in every dimension")
     if cfg.episodes < 0 or cfg.max_steps < 1 or cfg.workers < 0:
         raise ConfigError("rollouts.episodes and rollouts.workers must be >= 0 and "
                           "rollouts.max_steps >= 1")

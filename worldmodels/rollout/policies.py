@@ -26,17 +26,23 @@ class RandomPolicy:
 
 class BrownianPolicy:
     """Actions follow a clipped Brownian motion: a_{t+1} = clip(a_t + sqrt(dt) * N(0, I)).
-    Smooth, so the car drives along the track for a while instead of jittering in place."""
+    Smooth, so the car drives along the track for a while instead of jittering in place.
+    The walk lives in [walk_low, walk_high] (default the action box); the action taken is the
+    walk clipped to the box, so a walk bound beyond the box holds that action at its limit
+    for part of the time (a brake walk in [-2, 0.5] brakes on ~20 % of the steps)."""
 
-    def __init__(self, low: np.ndarray, high: np.ndarray, dt: float, rng: np.random.Generator):
+    def __init__(self, low: np.ndarray, high: np.ndarray, dt: float, rng: np.random.Generator,
+                 walk_low: np.ndarray | None = None, walk_high: np.ndarray | None = None):
         self.low, self.high, self.scale, self.rng = low, high, float(np.sqrt(dt)), rng
-        self.action = rng.uniform(low, high).astype(np.float32)
+        self.walk_low = low if walk_low is None else np.asarray(walk_low, np.float32)
+        self.walk_high = high if walk_high is None else np.asarray(walk_high, np.float32)
+        self.action = rng.uniform(self.walk_low, self.walk_high).astype(np.float32)
 
     def act(self, frame: np.ndarray | None = None) -> np.ndarray:
         action = self.action
         step = self.scale * self.rng.standard_normal(action.shape)
-        self.action = np.clip(action + step, self.low, self.high).astype(np.float32)
-        return action
+        self.action = np.clip(action + step, self.walk_low, self.walk_high).astype(np.float32)
+        return np.clip(action, self.low, self.high).astype(np.float32)
 
 
 class SteadyPolicy:
@@ -66,13 +72,16 @@ POLICIES = ("random", "brownian", "steady")
 
 
 def make_random_policy(name: str, low: np.ndarray, high: np.ndarray, *, action_repeat: int,
-                       brownian_dt: float, rng: np.random.Generator, original_action=None):
+                       brownian_dt: float, rng: np.random.Generator, original_action=None,
+                       walk_low=(), walk_high=()):
     """`original_action` (y -> action, numpy) is the env's mapping of a controller output as
-    the original code made it; only 'steady' uses it."""
+    the original code made it; only 'steady' uses it. `walk_low` / `walk_high` (empty: the
+    box) bound the 'brownian' walk."""
     if name == "random":
         return RandomPolicy(low, high, action_repeat, rng)
     if name == "brownian":
-        return BrownianPolicy(low, high, brownian_dt, rng)
+        return BrownianPolicy(low, high, brownian_dt, rng, np.asarray(walk_low) if len(walk_low) else None,
+                              np.asarray(walk_high) if len(walk_high) else None)
     if name == "steady":
         if original_action is None:
             raise ConfigError("rollouts.policy 'steady' needs the env module's original_action; "
