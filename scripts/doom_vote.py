@@ -65,21 +65,23 @@ def play(step, hidden: int, seeds: list[int], max_steps: int) -> np.ndarray:
     return returns
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", required=True, help="JSON file for the runs and each seed's score")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=10, help="episodes played at once")
-    parser.add_argument("--max-steps", type=int, default=2100)
-    args = parser.parse_args()
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="frames per episode at most (default: the first run's eval.max_steps, 2,100 for Doom)")
+    args = parser.parse_args(argv)
     world = load_world_model(args.runs[0])
     step = make_vote_step(world, [load_controller(run, world) for run in args.runs])
+    max_steps = args.max_steps or world.config.eval.max_steps
     scores, start = {}, time.perf_counter()
     for first in range(args.seed, args.seed + args.episodes, args.batch):
         seeds = list(range(first, min(first + args.batch, args.seed + args.episodes)))
-        scores.update(zip(seeds, play(step, world.module.hidden, seeds, args.max_steps).tolist(), strict=True))
+        scores.update(zip(seeds, play(step, world.module.hidden, seeds, max_steps).tolist(), strict=True))
         values = np.array(list(scores.values()))
         print(f"{len(scores)} episodes: {values.mean():.1f} ± {values.std():.1f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)

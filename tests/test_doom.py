@@ -192,6 +192,12 @@ def test_doom_tiny_pipeline_and_temperature_sweep(tmp_path, ray_local):
     rows = read_csv(run / "eval" / "scores.csv")
     assert all(r["return"] == r["steps"] for r in rows)  # frames survived
     assert (run / "eval" / "best.mp4").exists()
+    # scripts/doom_vote.py: a controller voting with itself plays exactly the evaluation's episodes
+    from scripts.doom_vote import main as doom_vote
+
+    doom_vote([str(run), str(run), "--out", str(tmp_path / "vote.json"), "--seed", "0", "--episodes", "2"])
+    vote = json.loads((tmp_path / "vote.json").read_text())["scores"]
+    assert [vote[str(int(r["seed"]))] for r in rows] == [r["return"] for r in rows]
 
     sweep = json.loads((run / "temperature_sweep" / "results.json").read_text())
     assert [r["temperature"] for r in sweep["rows"]] == [0.5, 1.15]
