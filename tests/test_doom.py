@@ -132,6 +132,16 @@ def test_sampled_dream_done_ends_at_m_rate():
         lengths[sample] = np.asarray(jax.jit(jax.vmap(one))(keys)[1])
     assert (lengths[False] == 200).all()
     assert abs(lengths[True].mean() - 20.0) < 2.0 and lengths[True].min() >= 1, lengths[True].mean()
+    # done_scale 2: P(death) 0.1 a step, mean length (1 - 0.9^200) / 0.1 = 10.0
+    dream = dream.replace(done_scale=jnp.asarray(2.0))
+    harder = np.asarray(jax.jit(jax.vmap(lambda k: dream_rollout(env, dream, lambda f, obs: jnp.zeros(1), None,
+                                                                 k, 200, 20)))(keys)[1])
+    assert abs(harder.mean() - 10.0) < 1.0, harder.mean()
+    # with the threshold rule, 0.05 * 11 = 0.55 > 0.5: every episode ends at its first step
+    dream = dream.replace(done_scale=jnp.asarray(11.0), done_sample=False)
+    first = np.asarray(jax.jit(jax.vmap(lambda k: dream_rollout(env, dream, lambda f, obs: jnp.zeros(1), None,
+                                                                k, 200, 20)))(keys)[1])
+    assert (first == 1).all()
 
 
 def test_end_windows():

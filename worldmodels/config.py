@@ -220,6 +220,9 @@ class ControllerConfig:
     """How a dreamed episode ends from M's done head: 'threshold' (P(done) > 0.5, the paper) or
     'sample' (done ~ Bernoulli(P(done)) at every step: a death M finds likely but never sure
     of still happens at its rate, so C cannot live in states M is unsure about)."""
+    dream_done_scale: float = 1.0
+    """M's P(done) is multiplied by this (capped at 1) before either rule: above 1 a harder
+    dream, where every risk M sees costs more (the paper's dreams were harder than the game)."""
     temperature: float = 1.0
     """tau of the dream (M's sampling temperature while training C there)."""
     dream_worlds: tuple[str, ...] = ()

@@ -10,10 +10,10 @@ from the mixture at temperature tau, and takes reward and done from M's heads:
   regression head, the predicted reward; without a head, `constant_reward` per step (Doom:
   reward = steps survived).
 - done: P(done) > 0.5 (the paper) or, with `done_sample`, a Bernoulli(P(done)) draw at every
-  step; or t reaching `max_steps`. A death (not the step cap) pays `death_reward` when it is
-  set: the mean reward of the series' terminal steps (CarRacing: -100 for leaving the
-  playfield). Without it a dream with deaths would reward dying early, since dying ends the
-  -0.1 a step and costs nothing.
+  step, P(done) first scaled by `done_scale` (capped at 1); or t reaching `max_steps`. A death
+  (not the step cap) pays `death_reward` when it is set: the mean reward of the series'
+  terminal steps (CarRacing: -100 for leaving the playfield). Without it a dream with deaths
+  would reward dying early, since dying ends the -0.1 a step and costs nothing.
 
 With `agent_rnn` set, the dream's world and the agent's M are two models: `rnn` (the world)
 generates z, reward and done, while `agent_rnn` (the agent's own M) reads the dreamed z and
@@ -52,6 +52,7 @@ class DreamParams:
     constant_reward: jax.Array  # () reward per step when M has no reward head
     agent_rnn: Any = None  # the agent's M, when another M (rnn) dreams the world; None = rnn
     death_reward: jax.Array | None = None  # () reward of a dreamed death; None: the step's usual reward
+    done_scale: jax.Array | float = 1.0  # () M's P(done) is multiplied by it (capped at 1): a harder dream
     max_steps: int = flax.struct.field(pytree_node=False, default=1000)
     done_sample: bool = flax.struct.field(pytree_node=False, default=False)
 
@@ -94,7 +95,7 @@ class DreamEnv:
         else:
             reward = params.constant_reward
         t = state.t + 1
-        p_done = jax.nn.sigmoid(out.done)
+        p_done = jnp.minimum(jax.nn.sigmoid(out.done) * params.done_scale, 1.0)
         if params.done_sample:  # its own draw: z's sample stays the one of the threshold dream
             died = jax.random.uniform(jax.random.fold_in(key, 1)) < p_done
         else:

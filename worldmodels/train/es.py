@@ -118,6 +118,8 @@ class DreamScorer:
         cfg = config.controller
         if cfg.dream_done not in ("threshold", "sample"):
             raise ConfigError(f"controller.dream_done='{cfg.dream_done}': valid are 'threshold', 'sample'")
+        if cfg.dream_done_scale < 0:
+            raise ConfigError(f"controller.dream_done_scale={cfg.dream_done_scale}: must be >= 0")
         initial = series_folder / "initial_z.npz"
         if not initial.exists():
             raise DataError(f"{initial} is missing; run `make series` first")
@@ -134,6 +136,7 @@ class DreamScorer:
                                   reward_values=jnp.asarray(reward_values),
                                   constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
                                   done_sample=cfg.dream_done == "sample",
+                                  done_scale=jnp.asarray(cfg.dream_done_scale, jnp.float32),
                                   agent_rnn=None if self.worlds is None else world.rnn_params,
                                   death_reward=None if death_reward is None else jnp.asarray(death_reward))
         self.check_split(cfg.rollouts, "controller.rollouts")
