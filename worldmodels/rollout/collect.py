@@ -114,14 +114,14 @@ class RolloutSummary:
 
 def validate_rollout_config(config: Config) -> None:
     """Refuse values that would only fail inside a worker, before any work starts."""
-    get_env_module(config.env.name)
+    module = get_env_module(config.env.name)
     cfg = config.rollouts
     if cfg.policy not in POLICIES:
         raise ConfigError(f"unknown rollout policy '{cfg.policy}'; valid: {', '.join(POLICIES)}")
-    if cfg.policy == "steady" and not hasattr(get_env_module(config.env.name), "original_action"):
+    if cfg.policy == "steady" and not hasattr(module, "original_action"):
         raise ConfigError(f"rollouts.policy 'steady' is not defined for env '{config.env.name}' "
                           "(it has no original_action); use 'random' or 'brownian'")
-    dim = get_env_module(config.env.name).ACTION_DIM
+    dim = module.ACTION_DIM
     for name, bound in (("brownian_low", cfg.brownian_low), ("brownian_high", cfg.brownian_high)):
         if bound and len(bound) != dim:
             raise ConfigError(f"rollouts.{name} has {len(bound)} values; env '{config.env.name}' has "

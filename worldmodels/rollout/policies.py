@@ -32,10 +32,10 @@ class BrownianPolicy:
     for part of the time (a brake walk in [-2, 0.5] brakes on ~20 % of the steps)."""
 
     def __init__(self, low: np.ndarray, high: np.ndarray, dt: float, rng: np.random.Generator,
-                 walk_low: np.ndarray | None = None, walk_high: np.ndarray | None = None):
+                 walk_low=(), walk_high=()):
         self.low, self.high, self.scale, self.rng = low, high, float(np.sqrt(dt)), rng
-        self.walk_low = low if walk_low is None else np.asarray(walk_low, np.float32)
-        self.walk_high = high if walk_high is None else np.asarray(walk_high, np.float32)
+        self.walk_low = np.asarray(walk_low, np.float32) if len(walk_low) else low
+        self.walk_high = np.asarray(walk_high, np.float32) if len(walk_high) else high
         self.action = rng.uniform(self.walk_low, self.walk_high).astype(np.float32)
 
     def act(self, frame: np.ndarray | None = None) -> np.ndarray:
@@ -80,8 +80,7 @@ def make_random_policy(name: str, low: np.ndarray, high: np.ndarray, *, action_r
     if name == "random":
         return RandomPolicy(low, high, action_repeat, rng)
     if name == "brownian":
-        return BrownianPolicy(low, high, brownian_dt, rng, np.asarray(walk_low) if len(walk_low) else None,
-                              np.asarray(walk_high) if len(walk_high) else None)
+        return BrownianPolicy(low, high, brownian_dt, rng, walk_low, walk_high)
     if name == "steady":
         if original_action is None:
             raise ConfigError("rollouts.policy 'steady' needs the env module's original_action; "
