@@ -5,7 +5,7 @@ from worldmodels.config import get_config
 from worldmodels.envs.carracing import original_action
 from worldmodels.errors import ConfigError
 from worldmodels.rollout.collect import validate_rollout_config
-from worldmodels.rollout.policies import make_random_policy
+from worldmodels.rollout.policies import PolicySpec, episode_policy, make_random_policy
 
 LOW = np.array([-1.0, 0.0, 0.0], np.float32)
 HIGH = np.array([1.0, 1.0, 1.0], np.float32)
@@ -79,3 +79,32 @@ def test_brownian_bounds_are_checked_before_any_work():
                         (["--rollouts.brownian_low=-1,0,0", "--rollouts.brownian_high=1,0,1"], "below")):
         with pytest.raises(ConfigError, match=match):
             validate_rollout_config(get_config("tiny", args))
+
+
+def test_mix_cycles_through_its_entries_by_episode_index():
+    mix = ("2 steady", "1 brownian low=-1/0/-2 high=1/1/0.5", "1 random")
+    names = [episode_policy("brownian", (), (), mix, i).label for i in range(8)]
+    assert names == ["steady", "steady", "brownian low=-1/0/-2 high=1/1/0.5", "random"] * 2
+    # Without a mix: rollouts.policy and its walk bounds.
+    assert episode_policy("brownian", (-1.0, 0.0, -2.0), (), (), 5) == PolicySpec("brownian", (-1.0, 0.0, -2.0))
+    assert get_config("tiny", ["--rollouts.mix", "2 steady,1 brownian high=1/1/0.5"]).rollouts.mix == (
+        "2 steady", "1 brownian high=1/1/0.5")
+
+
+@pytest.mark.parametrize("mix, match", [
+    ("steady", "'COUNT POLICY"),
+    ("0 steady", "'COUNT POLICY"),
+    ("2 brownian low=-1/0/x", "cannot read 'low=-1/0/x'"),
+    ("2 brownian width=1/1/1", "cannot read 'width=1/1/1'"),
+    ("1 steady,2 greedy", "entry '2 greedy': unknown rollout policy 'greedy'"),
+    ("1 brownian low=-1/0", "low bound has 2 values; env 'carracing' has 3"),
+    ("1 brownian low=-1/0/0 high=1/0/1", "below"),
+])
+def test_a_bad_mix_is_refused_before_any_work(mix, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_rollout_config(get_config("tiny", ["--rollouts.mix", mix]))
+
+
+def test_steady_in_a_doom_mix_is_refused():
+    with pytest.raises(ConfigError, match="entry '1 steady': policy 'steady' is not defined for env 'doom'"):
+        validate_rollout_config(get_config("doom-tiny", ["--rollouts.mix", "1 random,1 steady"]))

@@ -105,3 +105,15 @@ def test_an_episode_depends_only_on_seed_and_index():
     for key in ("obs", "action", "reward"):
         np.testing.assert_array_equal(a[key], b[key])
     assert not np.array_equal(a["action"], c["action"])
+
+
+def test_a_mix_plays_each_policy_in_turn_and_records_it():
+    config = get_config("tiny", ["--rollouts.max_steps", "30",
+                                 "--rollouts.mix", "2 steady,1 brownian low=-1/0/-2 high=1/0.3/0.5"])
+    episodes = {i: run_random_episode(config.env, config.rollouts, i) for i in (0, 2, 3, 5)}
+    walk = "brownian low=-1/0/-2 high=1/0.3/0.5"
+    assert [str(e["policy"]) for e in episodes.values()] == ["steady", walk, "steady", walk]
+    for i in (2, 5):
+        assert episodes[i]["action"][:, 1].max() <= 0.3 and episodes[i]["action"][:, 2].max() <= 0.5
+    for i in (0, 3):  # steady: nearly straight, gas near 0.5
+        assert np.abs(episodes[i]["action"][:, 0]).max() < 0.5 and episodes[i]["action"][:, 1].min() > 0.25

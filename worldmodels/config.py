@@ -53,6 +53,12 @@ class RolloutConfig:
     `1,0.3,0.5` drives with gas <= 0.3 and brakes on ~20 % of the steps."""
     brownian_high: tuple[float, ...] = ()
     """Upper bound of the Brownian walk per action dimension (empty: the env's action box)."""
+    mix: tuple[str, ...] = ()
+    """Several random policies in one folder (empty: `policy` alone). Entries are
+    'COUNT POLICY [low=a/b/c] [high=a/b/c]' (low/high bound a 'brownian' walk as brownian_low/
+    high do); the folder cycles through them, COUNT episodes of each per cycle, so episode i's
+    policy depends on i alone. On the command line: comma-separated entries, e.g.
+    `--rollouts.mix "1 steady,1 brownian low=-1/0/-2 high=1/1/0.5"`."""
     seed: int = 0
     """Base seed: env seeds and policy noise both derive from it and the episode index."""
     workers: int = 0
@@ -429,6 +435,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "rollouts": {"episodes": 10000, "max_steps": 1000},
     },
+}
+
+# CarRacing's C trained only in the dream from random-policy data (issue 5's dream-only target; the
+# README's dream-only section, session 16): Brownian episodes alone never show the car driving fast
+# or steering at speed, so M's dream has nothing to pay a driving C for. One folder cycles through
+# four random policies (per 23 episodes: 5 Brownian, 10 `steady` = nearly straight at gas ~0.5,
+# 4 Brownian with gas <= 0.3 and a brake walk in [-2, 0.5], 4 with that brake walk and gas up to 1);
+# C trains strictly in M's dream (checks in the dream too) and meets the game in `make evaluate`.
+PRESETS["carracing-dream"] = {
+    "rollouts": {"episodes": 2300, "max_steps": 1000,
+                 "mix": ("5 brownian", "10 steady", "4 brownian low=-1/0/-2 high=1/0.3/0.5",
+                         "4 brownian low=-1/0/-2 high=1/1/0.5")},
+    "vision": {"max_steps": 4000},
+    "mdnrnn": {"steps": 3000},
+    "controller": {"dream": True, "checks": "dream", "temperature": 1.0, "population": 64, "rollouts": 8,
+                   "generations": 20, "eval_episodes": 32},
+    "eval": {"episodes": 100},
 }
 
 # DoomTakeCover, trained entirely in the dream (SEEDS.md section 2): V z = 64, M with an LSTM of

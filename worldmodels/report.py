@@ -53,9 +53,11 @@ def write_report(run: str | Path) -> Path:
     episodes = list_episodes(run / "rollouts")
     if episodes:
         r = config.get("rollouts", {})
+        policy = (f"`{r.get('policy')}` policy" if not r.get("mix") else
+                  "policies " + ", ".join(f"`{entry}`" for entry in r["mix"]) + " in turn (COUNT POLICY)")
         lines += ["## 1. Rollouts", "",
                   f"{len(episodes)} episodes of `{config.get('env', {}).get('train_id')}` with the "
-                  f"`{r.get('policy')}` policy, at most {r.get('max_steps')} steps each.", ""]
+                  f"{policy}, at most {r.get('max_steps')} steps each.", ""]
     v = _json(run / "vision" / "summary.json")
     if v:
         lines += ["## 2. V (vision)", "",

@@ -27,7 +27,7 @@ from worldmodels.data.episodes import (
 )
 from worldmodels.envs import get_env_module
 from worldmodels.errors import ConfigError, WorldModelsError
-from worldmodels.rollout.policies import POLICIES, make_random_policy
+from worldmodels.rollout.policies import POLICIES, PolicySpec, episode_policy, make_random_policy, parse_mix_entry
 
 
 def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
@@ -41,10 +41,11 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
         seed = cfg.seed + index
         rng = np.random.default_rng([cfg.seed, index])
         space = env.action_space
-        policy = make_random_policy(cfg.policy, space.low, space.high, action_repeat=cfg.action_repeat,
+        spec = episode_policy(cfg.policy, cfg.brownian_low, cfg.brownian_high, cfg.mix, index)
+        policy = make_random_policy(spec.name, space.low, space.high, action_repeat=cfg.action_repeat,
                                     brownian_dt=cfg.brownian_dt, rng=rng,
                                     original_action=getattr(module, "original_action", None),
-                                    walk_low=cfg.brownian_low, walk_high=cfg.brownian_high)
+                                    walk_low=spec.low, walk_high=spec.high)
         if agent is not None:
             from worldmodels.rollout.agent import agent_policy
 
@@ -67,7 +68,7 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
     finally:
         env.close()
     return episode_arrays(frames, actions, rewards, terms, truncs, env_id=env_cfg.train_id, seed=seed,
-                          policy="agent" if agent is not None else cfg.policy)
+                          policy="agent" if agent is not None else spec.label)
 
 
 def agent_spec(world, controller: np.ndarray, explore: float) -> dict:
@@ -116,22 +117,30 @@ def validate_rollout_config(config: Config) -> None:
     """Refuse values that would only fail inside a worker, before any work starts."""
     module = get_env_module(config.env.name)
     cfg = config.rollouts
-    if cfg.policy not in POLICIES:
-        raise ConfigError(f"unknown rollout policy '{cfg.policy}'; valid: {', '.join(POLICIES)}")
-    if cfg.policy == "steady" and not hasattr(module, "original_action"):
-        raise ConfigError(f"rollouts.policy 'steady' is not defined for env '{config.env.name}' "
-                          "(it has no original_action); use 'random' or 'brownian'")
-    dim = module.ACTION_DIM
-    for name, bound in (("brownian_low", cfg.brownian_low), ("brownian_high", cfg.brownian_high)):
-        if bound and len(bound) != dim:
-            raise ConfigError(f"rollouts.{name} has {len(bound)} values; env '{config.env.name}' has "
-                              f"{dim} action dimensions (give one bound each, comma-separated)")
-    if cfg.brownian_low and cfg.brownian_high and not all(
-            lo < hi for lo, hi in zip(cfg.brownian_low, cfg.brownian_high, strict=True)):
-        raise ConfigError("rollouts.brownian_low must be below rollouts.brownian_high in every dimension")
+    if cfg.mix:
+        specs = [(f"rollouts.mix entry '{entry}'", parse_mix_entry(entry)[1]) for entry in cfg.mix]
+    else:
+        specs = [("rollouts.policy", PolicySpec(cfg.policy, cfg.brownian_low, cfg.brownian_high))]
+    for where, spec in specs:
+        _validate_policy(where, spec, module, config.env.name)
     if cfg.episodes < 0 or cfg.max_steps < 1 or cfg.workers < 0:
         raise ConfigError("rollouts.episodes and rollouts.workers must be >= 0 and "
                           "rollouts.max_steps >= 1")
+
+
+def _validate_policy(where: str, spec: PolicySpec, module, env_name: str) -> None:
+    if spec.name not in POLICIES:
+        raise ConfigError(f"{where}: unknown rollout policy '{spec.name}'; valid: {', '.join(POLICIES)}")
+    if spec.name == "steady" and not hasattr(module, "original_action"):
+        raise ConfigError(f"{where}: policy 'steady' is not defined for env '{env_name}' "
+                          "(it has no original_action); use 'random' or 'brownian'")
+    dim = module.ACTION_DIM
+    for name, bound in (("low", spec.low), ("high", spec.high)):
+        if bound and len(bound) != dim:
+            raise ConfigError(f"{where}: the walk's {name} bound has {len(bound)} values; env '{env_name}' "
+                              f"has {dim} action dimensions (give one bound each)")
+    if spec.low and spec.high and not all(lo < hi for lo, hi in zip(spec.low, spec.high, strict=True)):
+        raise ConfigError(f"{where}: the walk's low bound must be below its high bound in every dimension")
 
 
 def pending_episodes(folder: Path, episodes: int) -> tuple[list[int], int]:

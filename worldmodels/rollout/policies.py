@@ -3,6 +3,8 @@ reproducible from (base seed, episode index) alone, wherever it runs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from worldmodels.errors import ConfigError
@@ -69,6 +71,58 @@ class SteadyPolicy:
 
 
 POLICIES = ("random", "brownian", "steady")
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One random policy of a rollouts folder: its name and, for 'brownian', the walk's bounds
+    (empty: the action box)."""
+
+    name: str
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How episodes record it (their `policy` field), e.g. 'brownian low=-1/0/-2 high=1/1/0.5'."""
+        bounds = [f"{key}={'/'.join(f'{v:g}' for v in values)}"
+                  for key, values in (("low", self.low), ("high", self.high)) if values]
+        return " ".join([self.name, *bounds])
+
+
+def parse_mix_entry(entry: str) -> tuple[int, PolicySpec]:
+    """'COUNT POLICY [low=a/b/c] [high=a/b/c]' -> (COUNT, spec); a `ConfigError` names a bad one."""
+    words = entry.split()
+    usage = ("each rollouts.mix entry is 'COUNT POLICY [low=a/b/c] [high=a/b/c]', "
+             "e.g. '4 brownian high=1/0.3/0.5'")
+    if len(words) < 2 or not words[0].isdigit() or int(words[0]) < 1:
+        raise ConfigError(f"rollouts.mix entry '{entry}': {usage}")
+    bounds: dict[str, tuple[float, ...]] = {}
+    for word in words[2:]:
+        key, _, values = word.partition("=")
+        try:
+            if key not in ("low", "high") or key in bounds:
+                raise ValueError(word)
+            bounds[key] = tuple(float(v) for v in values.split("/"))
+        except ValueError:
+            raise ConfigError(f"rollouts.mix entry '{entry}': cannot read '{word}'; {usage}") from None
+    return int(words[0]), PolicySpec(words[1], bounds.get("low", ()), bounds.get("high", ()))
+
+
+def episode_policy(policy: str, low: tuple[float, ...], high: tuple[float, ...], mix: tuple[str, ...],
+                   index: int) -> PolicySpec:
+    """The policy of episode `index`: `policy` (walk bounds `low`/`high`) without a mix; with one,
+    the folder cycles through the entries, COUNT episodes of each per cycle, so the policy
+    depends on the index alone and every prefix of the folder holds the same mix."""
+    if not mix:
+        return PolicySpec(policy, tuple(low), tuple(high))
+    entries = [parse_mix_entry(entry) for entry in mix]
+    position = index % sum(count for count, _ in entries)
+    for count, spec in entries:
+        if position < count:
+            return spec
+        position -= count
+    raise AssertionError("unreachable")
 
 
 def make_random_policy(name: str, low: np.ndarray, high: np.ndarray, *, action_repeat: int,
