@@ -75,8 +75,9 @@ def test_brownian_walk_bounds_beyond_the_box_hold_the_action_at_its_limit():
 
 
 def test_brownian_bounds_are_checked_before_any_work():
-    for args, match in ((["--rollouts.brownian_low=-1,0"], "has 2 values; env 'carracing' has 3"),
-                        (["--rollouts.brownian_low=-1,0,0", "--rollouts.brownian_high=1,0,1"], "below")):
+    for args, match in ((["--rollouts.brownian_low=-1,0"], "brownian_low has 2 values; env 'carracing' has 3"),
+                        (["--rollouts.brownian_low=-1,0,0", "--rollouts.brownian_high=1,0,1"],
+                         "brownian_low must be below brownian_high")):
         with pytest.raises(ConfigError, match=match):
             validate_rollout_config(get_config("tiny", args))
 
@@ -97,7 +98,7 @@ def test_mix_cycles_through_its_entries_by_episode_index():
     ("2 brownian low=-1/0/x", "cannot read 'low=-1/0/x'"),
     ("2 brownian width=1/1/1", "cannot read 'width=1/1/1'"),
     ("1 steady,2 greedy", "entry '2 greedy': unknown rollout policy 'greedy'"),
-    ("1 brownian low=-1/0", "low bound has 2 values; env 'carracing' has 3"),
+    ("1 brownian low=-1/0", "entry '1 brownian low=-1/0': low has 2 values; env 'carracing' has 3"),
     ("1 brownian low=-1/0/0 high=1/0/1", "below"),
 ])
 def test_a_bad_mix_is_refused_before_any_work(mix, match):

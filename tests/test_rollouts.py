@@ -97,6 +97,18 @@ def test_changed_config_on_rerun_is_refused(tiny_run):
     assert result.returncode == 2 and "rollouts.max_steps=60, now 61" in result.stderr
 
 
+def test_a_refused_value_does_not_block_the_corrected_rerun(tmp_path):
+    """The stage dir's saved config made nothing yet, so the corrected run replaces it."""
+    run = tmp_path / "run"
+    result = run_stage("rollouts", "--config", "tiny", "--run", str(run), "--rollouts.episodes", "0",
+                       "--rollouts.mix", "1 brownian low=-1/0", check=False)
+    assert result.returncode == 2 and "low has 2 values" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    run_in_process("rollouts", "--config", "tiny", "--run", str(run), "--rollouts.episodes", "0",
+                   "--rollouts.mix", "1 brownian low=-1/0/0")
+    assert "1 brownian low=-1/0/0" in (run / "rollouts" / "config.json").read_text()
+
+
 def test_an_episode_depends_only_on_seed_and_index():
     config = get_config("tiny", ["--rollouts.max_steps", "40"])
     a = run_random_episode(config.env, config.rollouts, 7)

@@ -18,7 +18,8 @@ from worldmodels.errors import ConfigError, WorldModelsError
 def prepare_stage_dir(run: str | os.PathLike, stage: str, config: Config,
                       sections: tuple[str, ...], free_fields: tuple[str, ...] = ()) -> Path:
     """Create `run/stage`, refuse a saved config that differs in `sections` (except the
-    dotted `free_fields`, which may change between runs), and save the resolved config."""
+    dotted `free_fields`, which may change between runs) once the folder holds anything else,
+    and save the resolved config."""
     folder = Path(run) / stage
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,9 @@ def prepare_stage_dir(run: str | os.PathLike, stage: str, config: Config,
             f"cannot write to run dir {folder} ({exc.strerror}); pick a writable RUN="
         ) from None
     saved_path = folder / "config.json"
-    if saved_path.exists():
+    # A saved config with nothing beside it made nothing yet (e.g. its run stopped at a bad value
+    # before any work): the new config replaces it instead of being refused.
+    if saved_path.exists() and any(p.name != "config.json" for p in folder.iterdir()):
         try:
             saved = Config.from_dict(json.loads(saved_path.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:

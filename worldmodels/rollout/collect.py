@@ -118,29 +118,31 @@ def validate_rollout_config(config: Config) -> None:
     module = get_env_module(config.env.name)
     cfg = config.rollouts
     if cfg.mix:
-        specs = [(f"rollouts.mix entry '{entry}'", parse_mix_entry(entry)[1]) for entry in cfg.mix]
+        for entry in cfg.mix:
+            _validate_policy(f"rollouts.mix entry '{entry}'", ("low", "high"), parse_mix_entry(entry)[1],
+                             module, config.env.name)
     else:
-        specs = [("rollouts.policy", PolicySpec(cfg.policy, cfg.brownian_low, cfg.brownian_high))]
-    for where, spec in specs:
-        _validate_policy(where, spec, module, config.env.name)
+        _validate_policy("rollouts", ("brownian_low", "brownian_high"),
+                         PolicySpec(cfg.policy, cfg.brownian_low, cfg.brownian_high), module, config.env.name)
     if cfg.episodes < 0 or cfg.max_steps < 1 or cfg.workers < 0:
         raise ConfigError("rollouts.episodes and rollouts.workers must be >= 0 and "
                           "rollouts.max_steps >= 1")
 
 
-def _validate_policy(where: str, spec: PolicySpec, module, env_name: str) -> None:
+def _validate_policy(where: str, bound_names: tuple[str, str], spec: PolicySpec, module, env_name: str) -> None:
+    """`where` names the setting in errors; `bound_names` its walk bounds' fields."""
     if spec.name not in POLICIES:
         raise ConfigError(f"{where}: unknown rollout policy '{spec.name}'; valid: {', '.join(POLICIES)}")
     if spec.name == "steady" and not hasattr(module, "original_action"):
         raise ConfigError(f"{where}: policy 'steady' is not defined for env '{env_name}' "
                           "(it has no original_action); use 'random' or 'brownian'")
     dim = module.ACTION_DIM
-    for name, bound in (("low", spec.low), ("high", spec.high)):
+    for name, bound in zip(bound_names, (spec.low, spec.high), strict=True):
         if bound and len(bound) != dim:
-            raise ConfigError(f"{where}: the walk's {name} bound has {len(bound)} values; env '{env_name}' "
+            raise ConfigError(f"{where}: {name} has {len(bound)} values; env '{env_name}' "
                               f"has {dim} action dimensions (give one bound each)")
     if spec.low and spec.high and not all(lo < hi for lo, hi in zip(spec.low, spec.high, strict=True)):
-        raise ConfigError(f"{where}: the walk's low bound must be below its high bound in every dimension")
+        raise ConfigError(f"{where}: {bound_names[0]} must be below {bound_names[1]} in every dimension")
 
 
 def pending_episodes(folder: Path, episodes: int) -> tuple[list[int], int]:
