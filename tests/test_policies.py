@@ -100,6 +100,7 @@ def test_mix_cycles_through_its_entries_by_episode_index():
     ("1 steady,2 greedy", "entry '2 greedy': unknown rollout policy 'greedy'"),
     ("1 brownian low=-1/0", "entry '1 brownian low=-1/0': low has 2 values; env 'carracing' has 3"),
     ("1 brownian low=-1/0/0 high=1/0/1", "below"),
+    ("1 steady high=1/1/0.5", "entry '1 steady high=1/1/0.5': low/high bound a 'brownian' walk"),
 ])
 def test_a_bad_mix_is_refused_before_any_work(mix, match):
     with pytest.raises(ConfigError, match=match):

@@ -136,6 +136,9 @@ def _validate_policy(where: str, bound_names: tuple[str, str], spec: PolicySpec,
     if spec.name == "steady" and not hasattr(module, "original_action"):
         raise ConfigError(f"{where}: policy 'steady' is not defined for env '{env_name}' "
                           "(it has no original_action); use 'random' or 'brownian'")
+    if spec.name != "brownian" and (spec.low or spec.high):
+        raise ConfigError(f"{where}: {bound_names[0]}/{bound_names[1]} bound a 'brownian' walk; "
+                          f"policy '{spec.name}' has none (drop them or use 'brownian')")
     dim = module.ACTION_DIM
     for name, bound in zip(bound_names, (spec.low, spec.high), strict=True):
         if bound and len(bound) != dim:
