@@ -157,6 +157,44 @@ def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
         scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.eval_episodes", "5")
 
 
+def test_check_worlds_score_the_dream_checks_in_held_out_ms(tmp_path, tiny_world):
+    """controller.check_worlds: the run's own M as the held-out world gives the plain checks
+    (same keys, C's own LSTM reading the frames); another M gives other checks while training
+    scores stay those of the run's M; counts that do not split, or real checks, are refused."""
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.checkpoint import read_checkpoint_meta, save_checkpoint
+    from worldmodels.config import get_config
+    from worldmodels.rollout.agent import load_world_model
+    from worldmodels.train.es import DreamScorer, train_controller
+
+    dream = ["--controller.dream", "1", "--controller.checks", "dream", "--controller.rollouts", "4",
+             "--controller.eval_episodes", "4"]
+    world = load_world_model(tiny_world, get_config("tiny", dream))
+    scorer = lambda *more: DreamScorer(world, get_config("tiny", [*dream, *more]), tiny_world / "series")
+    dim = len(ravel_pytree(world.controller_template())[0])
+    candidates = np.random.default_rng(0).normal(0, 0.5, (3, dim)).astype(np.float32)
+    plain = scorer()
+    np.testing.assert_allclose(plain.checks(candidates, 4), plain.returns(candidates, 4))
+    own = scorer("--controller.check_worlds", str(tiny_world))
+    np.testing.assert_allclose(own.checks(candidates, 4), plain.returns(candidates, 4), rtol=1e-4)
+    other = tmp_path / "other" / "mdnrnn"
+    other.mkdir(parents=True)
+    meta = read_checkpoint_meta(tiny_world / "mdnrnn" / "params.msgpack")
+    save_checkpoint(other / "params.msgpack", jax.tree.map(lambda a: a * 1.5, world.rnn_params), meta)
+    held_out = scorer("--controller.check_worlds", f"{tiny_world},{other}")
+    assert held_out.checks(candidates, 4).shape == (3, 4)
+    assert not np.allclose(held_out.checks(candidates, 4), plain.returns(candidates, 4))
+    np.testing.assert_allclose(held_out(candidates, 1)[0], plain(candidates, 1)[0])  # training: own M
+    with pytest.raises(ConfigError, match="controller.eval_episodes=3 does not split evenly among the 2 "
+                                          "controller.check_worlds"):
+        scorer("--controller.check_worlds", f"{tiny_world},{other}", "--controller.eval_episodes", "3")
+    real = get_config("tiny", ["--controller.check_worlds", str(other)])
+    with pytest.raises(ConfigError, match="controller.check_worlds: held-out Ms score dream checks only"):
+        train_controller(real, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_m_trained_on_mu_dreams_from_mu(tiny_world, tmp_path):
     """M's checkpoint records mdnrnn.sample_z: an M trained on mu (sample_z false) dreams from
     the first frame's mu (as the agent acts on mu), one trained on draws from a draw of V's

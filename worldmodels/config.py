@@ -244,6 +244,12 @@ class ControllerConfig:
     checks: str = "real"
     """Where those periodic checks (which pick best.msgpack) run: 'real' (train_id), or 'dream'
     (M's dream on fixed keys; with `dream`, C never sees the real game before evaluation)."""
+    check_worlds: tuple[str, ...] = ()
+    """With checks 'dream': held-out Ms (as `dream_worlds` names them) whose dreams score the
+    checks instead of the training dream; the check episodes split evenly among them, C's h and
+    c still come from the run's own M. C learns to exploit the errors of the M it trains in,
+    not those of an M trained apart (another `mdnrnn.seed` on the same data), so the held-out
+    dream picks best.msgpack closer to how the game would. () = the checks dream where C trains."""
     workers: int = 0
     """Ray tasks in flight for real-env episodes; 0 = every CPU Ray offers."""
     episode_timeout: float = 900.0

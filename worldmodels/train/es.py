@@ -140,8 +140,10 @@ class DreamScorer:
                                   agent_rnn=None if self.worlds is None else world.rnn_params,
                                   death_reward=None if death_reward is None else jnp.asarray(death_reward))
         self.check_split(cfg.rollouts, "controller.rollouts")
+        self.check_worlds = load_dream_worlds(cfg.check_worlds, world)
+        self.check_count = len(cfg.check_worlds)
         if cfg.checks == "dream":
-            self.check_split(cfg.eval_episodes, "controller.eval_episodes")
+            self.check_split(cfg.eval_episodes, "controller.eval_episodes", checks=True)
         _, unravel = ravel_pytree(world.controller_template())
         squash = get_env_module(config.env.name).squash_action
         features = cfg.features
@@ -166,16 +168,19 @@ class DreamScorer:
         self.score = jax.jit(score)
         self.rollouts, self.seed = cfg.rollouts, cfg.seed
 
-    def check_split(self, count: int, what: str) -> None:
-        """The config field `what` = `count` episodes must split evenly among the worlds."""
-        if count % self.world_count:
-            raise ConfigError(f"{what}={count} does not split evenly among the {self.world_count} "
-                              f"controller.dream_worlds; use a multiple of {self.world_count}")
+    def check_split(self, count: int, what: str, checks: bool = False) -> None:
+        """The config field `what` = `count` episodes must split evenly among the worlds they
+        dream in (the held-out check worlds with `checks`, where there are some)."""
+        worlds, field = ((self.check_count, "controller.check_worlds") if checks and self.check_count
+                         else (self.world_count, "controller.dream_worlds"))
+        if count % worlds:
+            raise ConfigError(f"{what}={count} does not split evenly among the {worlds} "
+                              f"{field}; use a multiple of {worlds}")
 
-    def split_keys(self, keys: jax.Array, what: str) -> jax.Array:
+    def split_keys(self, keys: jax.Array, what: str, checks: bool = False) -> jax.Array:
         """(n,) episode keys -> (worlds, n / worlds): episode i dreams in world i // (n / worlds)."""
-        self.check_split(len(keys), what)
-        return keys.reshape(self.world_count, -1)
+        self.check_split(len(keys), what, checks)
+        return keys.reshape(self.check_count if checks and self.check_count else self.world_count, -1)
 
     def __call__(self, solutions: np.ndarray, generation: int) -> tuple[np.ndarray, float]:
         keys = jax.random.split(jax.random.key(self.seed * 100_003 + generation), self.rollouts)
@@ -193,6 +198,18 @@ class DreamScorer:
         episode i dreams in world i // (episodes / worlds); `what` names the count's field."""
         keys = self.split_keys(jax.random.split(jax.random.key(seed), episodes), what)
         totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, self.params, self.worlds)
+        return np.asarray(totals)
+
+    def checks(self, candidates: np.ndarray, episodes: int) -> np.ndarray:
+        """The dream checks' returns (P, episodes): `returns` in the training dream, or on the
+        same fixed keys in the held-out `controller.check_worlds`."""
+        if self.check_worlds is None:
+            return self.returns(candidates, episodes)
+        keys = self.split_keys(jax.random.split(jax.random.key(EVAL_SEED_BASE), episodes),
+                               "controller.eval_episodes", checks=True)
+        params = self.params.replace(agent_rnn=self.params.rnn if self.params.agent_rnn is None
+                                     else self.params.agent_rnn)
+        totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, params, self.check_worlds)
         return np.asarray(totals)
 
 
@@ -237,6 +254,9 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
     if cfg.checks not in ("real", "dream") or (cfg.checks == "dream" and not cfg.dream):
         raise ConfigError(f"controller.checks='{cfg.checks}': valid are 'real', and 'dream' with "
                           "controller.dream true")
+    if cfg.check_worlds and cfg.checks != "dream":
+        raise ConfigError("controller.check_worlds: held-out Ms score dream checks only; set "
+                          "controller.checks dream or clear controller.check_worlds")
     run = Path(run)
     out = run / "controller"
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +308,7 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         if generation % cfg.eval_every == 0 or generation == cfg.generations:
             candidates = np.stack([solutions[top], np.asarray(es.mean)])
             if cfg.checks == "dream":
-                scores = scorer.returns(candidates, cfg.eval_episodes).mean(axis=1)
+                scores = scorer.checks(candidates, cfg.eval_episodes).mean(axis=1)
             else:
                 if checker is None:
                     checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
