@@ -125,9 +125,9 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world, ray_local, c
     assert not (tmp_path / "nope").exists()
 
 
-def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
-    """controller.dream_worlds: the run's own M listed twice is the plain dream (the same episode
-    keys, split in two); another M changes the scores; counts that do not split are refused."""
+def _dream_scorers(tiny_world, tmp_path):
+    """(scorer(*overrides) -> DreamScorer on the tiny run, 3 random candidates, the folder of
+    a second M: the run's own with its parameters scaled by 1.5)."""
     from jax.flatten_util import ravel_pytree
 
     from worldmodels.checkpoint import read_checkpoint_meta, save_checkpoint
@@ -141,13 +141,20 @@ def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
     scorer = lambda *more: DreamScorer(world, get_config("tiny", [*dream, *more]), tiny_world / "series")
     dim = len(ravel_pytree(world.controller_template())[0])
     candidates = np.random.default_rng(0).normal(0, 0.5, (3, dim)).astype(np.float32)
-    plain = scorer()(candidates, 1)[0]
-    twice = scorer("--controller.dream_worlds", f"{tiny_world},{tiny_world / 'mdnrnn'}")(candidates, 1)[0]
-    np.testing.assert_allclose(twice, plain, rtol=1e-4)
     other = tmp_path / "other" / "mdnrnn"
     other.mkdir(parents=True)
     meta = read_checkpoint_meta(tiny_world / "mdnrnn" / "params.msgpack")
     save_checkpoint(other / "params.msgpack", jax.tree.map(lambda a: a * 1.5, world.rnn_params), meta)
+    return scorer, candidates, other
+
+
+def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
+    """controller.dream_worlds: the run's own M listed twice is the plain dream (the same episode
+    keys, split in two); another M changes the scores; counts that do not split are refused."""
+    scorer, candidates, other = _dream_scorers(tiny_world, tmp_path)
+    plain = scorer()(candidates, 1)[0]
+    twice = scorer("--controller.dream_worlds", f"{tiny_world},{tiny_world / 'mdnrnn'}")(candidates, 1)[0]
+    np.testing.assert_allclose(twice, plain, rtol=1e-4)
     mixed = scorer("--controller.dream_worlds", f"{tiny_world},{other}")
     assert not np.allclose(mixed(candidates, 1)[0], plain)
     assert mixed.returns(candidates, 4).shape == (3, 4)
@@ -161,27 +168,14 @@ def test_check_worlds_score_the_dream_checks_in_held_out_ms(tmp_path, tiny_world
     """controller.check_worlds: the run's own M as the held-out world gives the plain checks
     (same keys, C's own LSTM reading the frames); another M gives other checks while training
     scores stay those of the run's M; counts that do not split, or real checks, are refused."""
-    from jax.flatten_util import ravel_pytree
-
-    from worldmodels.checkpoint import read_checkpoint_meta, save_checkpoint
     from worldmodels.config import get_config
-    from worldmodels.rollout.agent import load_world_model
-    from worldmodels.train.es import DreamScorer, train_controller
+    from worldmodels.train.es import train_controller
 
-    dream = ["--controller.dream", "1", "--controller.checks", "dream", "--controller.rollouts", "4",
-             "--controller.eval_episodes", "4"]
-    world = load_world_model(tiny_world, get_config("tiny", dream))
-    scorer = lambda *more: DreamScorer(world, get_config("tiny", [*dream, *more]), tiny_world / "series")
-    dim = len(ravel_pytree(world.controller_template())[0])
-    candidates = np.random.default_rng(0).normal(0, 0.5, (3, dim)).astype(np.float32)
+    scorer, candidates, other = _dream_scorers(tiny_world, tmp_path)
     plain = scorer()
     np.testing.assert_allclose(plain.checks(candidates, 4), plain.returns(candidates, 4))
     own = scorer("--controller.check_worlds", str(tiny_world))
     np.testing.assert_allclose(own.checks(candidates, 4), plain.returns(candidates, 4), rtol=1e-4)
-    other = tmp_path / "other" / "mdnrnn"
-    other.mkdir(parents=True)
-    meta = read_checkpoint_meta(tiny_world / "mdnrnn" / "params.msgpack")
-    save_checkpoint(other / "params.msgpack", jax.tree.map(lambda a: a * 1.5, world.rnn_params), meta)
     held_out = scorer("--controller.check_worlds", f"{tiny_world},{other}")
     assert held_out.checks(candidates, 4).shape == (3, 4)
     assert not np.allclose(held_out.checks(candidates, 4), plain.returns(candidates, 4))
