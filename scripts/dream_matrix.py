@@ -1,7 +1,8 @@
 """Which M's dream predicts the real game? Scores each controller run in each M's dream (the
 controller's own M reading the dreamed frames, as `controller.dream_worlds` does) and prints
 a table and, per M, the correlation of the dream scores with the runs' real scores
-(the mean of RUN/eval and RUN/eval-seed1000 where present).
+(the mean of RUN/eval and RUN/eval-seed1000 where present; a run with neither is ranked by
+the dreams alone, its real score shown as nan).
 
     .venv/bin/python scripts/dream_matrix.py --runs runs/a runs/b ... --worlds runs/x runs/y ... \
         [--episodes 100] [--temperature 1.15] [--out matrix.json]
@@ -18,16 +19,15 @@ import numpy as np
 
 
 def real_score(run: Path) -> float:
+    """The run's real score, NaN when it has none yet (the dream alone then ranks it)."""
     scores = [json.loads((run / d / "summary.json").read_text())["mean"]
               for d in ("eval", "eval-seed1000") if (run / d / "summary.json").exists()]
-    if not scores:
-        raise SystemExit(f"{run} has no eval/summary.json; run `make evaluate RUN={run}` first")
-    return float(np.mean(scores))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="controller runs (each with eval/)")
+    parser.add_argument("--runs", nargs="+", required=True, help="controller runs (eval/ gives the real score)")
     parser.add_argument("--worlds", nargs="+", required=True, help="Ms to dream in (mdnrnn/ folders or runs)")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=1.15)
@@ -57,13 +57,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(" | ".join([row["run"], f"{row['real']:.0f}", *(f"{row[m]:.0f}" for m in args.worlds)]), flush=True)
     real = np.array([r["real"] for r in rows])
+    scored = ~np.isnan(real)  # runs not yet played in the game take no part in the correlation
     rank = lambda a: np.argsort(np.argsort(a))
     for m in args.worlds:
         dream = np.array([r[m] for r in rows])
         line = f"{m}: dream mean {dream.mean():.0f}"
-        if len(rows) >= 3:  # a correlation needs a few runs
-            line += (f", correlation with real: Pearson {np.corrcoef(dream, real)[0, 1]:+.2f}, "
-                     f"Spearman {np.corrcoef(rank(dream), rank(real))[0, 1]:+.2f}")
+        dream, real_ = dream[scored], real[scored]
+        if len(real_) >= 3:  # a correlation needs a few runs
+            line += (f", correlation with real ({len(real_)} runs): Pearson {np.corrcoef(dream, real_)[0, 1]:+.2f}, "
+                     f"Spearman {np.corrcoef(rank(dream), rank(real_))[0, 1]:+.2f}")
         print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
