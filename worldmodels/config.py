@@ -249,7 +249,8 @@ class ControllerConfig:
     checks instead of the training dream; the check episodes split evenly among them, C's h and
     c still come from the run's own M. C learns to exploit the errors of the M it trains in,
     not those of an M trained apart (another `mdnrnn.seed` on the same data), so the held-out
-    dream picks best.msgpack closer to how the game would. () = the checks dream where C trains."""
+    dream's pick is one C has not fitted to (on CarRacing it did not pick better for the game:
+    README, held-out Ms). () = the checks dream where C trains."""
     workers: int = 0
     """Ray tasks in flight for real-env episodes; 0 = every CPU Ray offers."""
     episode_timeout: float = 900.0
