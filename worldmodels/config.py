@@ -250,7 +250,7 @@ class ControllerConfig:
     c still come from the run's own M. C learns to exploit the errors of the M it trains in,
     not those of an M trained apart (another `mdnrnn.seed` on the same data), so the held-out
     dream's pick is one C has not fitted to (on CarRacing it did not pick better for the game:
-    README, held-out Ms). () = the checks dream where C trains."""
+    docs/experiments/carracing.md, held-out Ms). () = the checks dream where C trains."""
     workers: int = 0
     """Ray tasks in flight for real-env episodes; 0 = every CPU Ray offers."""
     episode_timeout: float = 900.0
@@ -445,7 +445,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # CarRacing's C trained only in the dream from random-policy data (issue 5's dream-only target; the
-# README's dream-only section, session 16): Brownian episodes alone never show the car driving fast
+# docs/experiments/carracing.md, session 16): Brownian episodes alone never show the car driving fast
 # or steering at speed, so M's dream has nothing to pay a driving C for. One folder cycles through
 # four random policies (per 23 episodes: 5 Brownian, 10 `steady` = nearly straight at gas ~0.5,
 # 4 Brownian with gas <= 0.3 and a brake walk in [-2, 0.5], 4 with that brake walk and gas up to 1);
@@ -470,7 +470,7 @@ PRESETS["carracing-dream"] = {
 # a Brownian walk of the action (it reaches the walls, which hold-5 random play almost never
 # does, so M learns what happens there), and a dreamed death is drawn from M's P(done) at each
 # step rather than waiting for P(done) > 0.5 (M's done head is calibrated, ~1 death per held-out
-# episode, but passes 0.5 at only ~40 % of deaths): see the README's Doom section.
+# episode, but passes 0.5 at only ~40 % of deaths): see docs/experiments/doom.md, *How we got here*.
 _DOOM_ENV = {"name": "doom", "train_id": "VizdoomTakeCover-v1", "eval_id": "VizdoomTakeCover-v1"}
 _DOOM_ROLLOUTS = {"policy": "brownian", "brownian_dt": 0.03}
 _DOOM_M = {"reward_head": "none", "done_head": True}
