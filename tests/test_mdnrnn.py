@@ -319,7 +319,7 @@ def test_fused_head_loss_equals_the_plain_path(reward_head, done_head, prev_rewa
     batch = gather_batch(data, jnp.asarray([0, 5, 20, 33]), 12, jax.random.key(2), time_major=True)
     assert not batch["z_mask"].all()  # windows running past an episode's end are masked
     fused = jax.jit(jax.value_and_grad(make_loss(module, cfg), has_aux=True))(params, batch)
-    plain = jax.value_and_grad(make_loss(module, cfg, fused=False), has_aux=True)(params, batch)
+    plain = jax.jit(jax.value_and_grad(make_loss(module, cfg, fused=False), has_aux=True))(params, batch)
     for key, value in plain[0][1].items():
         np.testing.assert_allclose(fused[0][1][key], value, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fused[1], plain[1])

@@ -169,7 +169,7 @@ def test_predict_delta_m_trains_and_dreams(tmp_path, tiny_world, ray_local):
     """`--mdnrnn.predict_delta true` through the stages after series: M trains (held-out figures
     computed on z, not on the change), C evolves in its dream, and the run's C loads it as such."""
     run = copy_run(tiny_world, tmp_path / "delta", parts=("vision", "series"))
-    run_stage("train_rnn", "--config", "tiny", "--run", str(run), "--mdnrnn.predict_delta", "true")
+    run_in_process("train_rnn", "--config", "tiny", "--run", str(run), "--mdnrnn.predict_delta", "true")
     summary = json.loads((run / "mdnrnn" / "summary.json").read_text())
     assert np.isfinite(summary["heldout_next_z_mse"]) and np.isfinite(summary["heldout_copy_z_mse"])
     assert read_checkpoint_meta(run / "mdnrnn" / "params.msgpack")["mdnrnn"]["predict_delta"] is True
