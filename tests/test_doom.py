@@ -3,6 +3,7 @@ end windows, and the whole doom-tiny pipeline (controller trained only in the dr
 temperature sweep, through the stage entries."""
 
 import json
+import os
 import subprocess
 
 import jax
@@ -66,10 +67,13 @@ def test_env_frames_and_actions_match_the_game(doom, tmp_path):
             assert rewards == [1.0] * 12  # +1 per tic alive
             seen[a] = ours[-1]
         assert not np.array_equal(seen[-1], seen[1]) and not np.array_equal(seen[-1], seen[0])
+        settings = env.settings_path
+        assert settings and not settings.startswith(str(ROOT))
     finally:
         env.close()
         raw.close()
     assert not (ROOT / "_vizdoom.ini").exists()  # the engine's settings file stays out of the repo
+    assert not os.path.exists(settings)  # nor is one left behind in the temp dir per env made
 
 
 def test_action_mapping(doom):

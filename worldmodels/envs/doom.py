@@ -11,6 +11,7 @@ Reward is +1 per tic alive: an episode's return is the number of frames survived
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 
@@ -27,14 +28,16 @@ SOLVED_SCORE = 750.0
 VIDEO_FPS, VIDEO_SCALE = 35, 1  # evaluation videos of the raw 320x240 screens (Doom's 35 tics/s)
 # Discrete index of vizdoom's Discrete(3) for action -1 (left), 0 (stay), +1 (right).
 _INDEX = {-1: 2, 0: 0, 1: 1}
+_ENV_COUNT = itertools.count()
 
 
 class TakeCover(gymnasium.Wrapper):
     """VizdoomTakeCover-v1 with the screen as observation and a 1-d action in [-1, 1]
     (below -1/3: left, above 1/3: right, else stay). The game itself is untouched."""
 
-    def __init__(self, env: gymnasium.Env):
+    def __init__(self, env: gymnasium.Env, settings_path: str | None = None):
         super().__init__(env)
+        self.settings_path = settings_path
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self.observation_space = env.observation_space["screen"]
 
@@ -47,6 +50,14 @@ class TakeCover(gymnasium.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(_INDEX[int(a)])
         return obs["screen"], float(reward), terminated, truncated, info
 
+    def close(self):
+        super().close()  # the engine writes its settings file as it shuts down
+        if self.settings_path:
+            try:
+                os.remove(self.settings_path)
+            except FileNotFoundError:
+                pass
+
 
 def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     """gymnasium.make of a vizdoom id (registered by importing vizdoom's wrapper), wrapped."""
@@ -54,9 +65,11 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
 
     env = gymnasium.make(env_id, **kwargs)
     # The engine writes its settings file (_vizdoom.ini) into the working directory unless told
-    # otherwise; one per process in the temp dir keeps the repository clean and writers apart.
-    env.unwrapped.game.set_doom_config_path(os.path.join(tempfile.gettempdir(), f"_vizdoom-{os.getpid()}.ini"))
-    return TakeCover(env)
+    # otherwise; one per env in the temp dir keeps the repository clean and writers apart, and
+    # close() removes it (the engine still makes an empty _vizdoom/ folder in the working dir).
+    path = os.path.join(tempfile.gettempdir(), f"_vizdoom-{os.getpid()}-{next(_ENV_COUNT)}.ini")
+    env.unwrapped.game.set_doom_config_path(path)
+    return TakeCover(env, path)
 
 
 def preprocess_frame(obs: np.ndarray, size: int = 64) -> np.ndarray:
