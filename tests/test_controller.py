@@ -164,6 +164,29 @@ def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
         scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.eval_episodes", "5")
 
 
+def test_dream_ensemble_dreams_every_episode_in_all_the_ms(tmp_path, tiny_world):
+    """controller.dream_ensemble: the run's own M twice is the plain dream (same keys, same
+    draws); with another M the scores change and 'max' (the most worried member's P(done))
+    differs from 'mean'; bad values or a single world are refused."""
+    scorer, candidates, other = _dream_scorers(tiny_world, tmp_path)
+    plain = scorer()(candidates, 1)[0]
+    for rule in ("mean", "max"):
+        twice = scorer("--controller.dream_worlds", f"{tiny_world},{tiny_world}",
+                       "--controller.dream_ensemble", rule)
+        np.testing.assert_allclose(twice(candidates, 1)[0], plain, rtol=1e-4)
+        np.testing.assert_allclose(twice.returns(candidates, 4), scorer().returns(candidates, 4), rtol=1e-4)
+    ensembles = {rule: scorer("--controller.dream_worlds", f"{tiny_world},{other}",
+                              "--controller.dream_ensemble", rule)(candidates, 1)[0] for rule in ("mean", "max")}
+    assert not np.allclose(ensembles["mean"], plain) and not np.allclose(ensembles["mean"], ensembles["max"])
+    # Nothing is split among the worlds, so any count of episodes goes.
+    scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.dream_ensemble", "max",
+           "--controller.rollouts", "3")
+    with pytest.raises(ConfigError, match="controller.dream_ensemble='min'"):
+        scorer("--controller.dream_worlds", f"{tiny_world},{other}", "--controller.dream_ensemble", "min")
+    with pytest.raises(ConfigError, match="needs two or more controller.dream_worlds"):
+        scorer("--controller.dream_ensemble", "max")
+
+
 def test_check_worlds_score_the_dream_checks_in_held_out_ms(tmp_path, tiny_world):
     """controller.check_worlds: the run's own M as the held-out world gives the plain checks
     (same keys, C's own LSTM reading the frames); another M gives other checks while training

@@ -238,6 +238,12 @@ class ControllerConfig:
     and c still come from the run's own M reading the dreamed frames, as it reads real ones in
     the game. A C that exploits one M's blind spot fails in the others. List the run's own M
     (e.g. RUN) to dream in it too. () = the run's own M dreams (the paper)."""
+    dream_ensemble: str = ""
+    """With `dream_worlds`: '' splits the episodes among the worlds; 'mean' or 'max' dreams every
+    episode in all of them at once (each M's LSTM reads the same frames, a member drawn at
+    random at each step gives the next z, reward is the members' mean, P(done) their mean or
+    their largest): a C cannot pass through a state one M finds deadly by dreaming it in
+    another."""
     eval_every: int = 5
     """Generations between real-environment evaluations of the best candidate."""
     eval_episodes: int = 8

@@ -19,6 +19,12 @@ With `agent_rnn` set, the dream's world and the agent's M are two models: `rnn` 
 generates z, reward and done, while `agent_rnn` (the agent's own M) reads the dreamed z and
 actions as it reads real frames in the game and gives C its h and c. A C trained in several
 such worlds (`controller.dream_worlds`) cannot live on one M's blind spot.
+
+With `ensemble` set, `rnn` holds several Ms' parameters stacked on a leading axis and every
+episode dreams in all of them at once: each M's LSTM reads the same z and actions, the next z
+comes from the mixture of one M drawn at random at every step, the reward is the members'
+mean, and P(done) is their mean ('mean') or, pessimistically, their largest ('max'), so that
+a state the Ms disagree about is as dangerous as the most worried of them finds it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class DreamParams:
     done_scale: jax.Array | float = 1.0  # () M's P(done) is multiplied by it (capped at 1): a harder dream
     max_steps: int = flax.struct.field(pytree_node=False, default=1000)
     done_sample: bool = flax.struct.field(pytree_node=False, default=False)
+    ensemble: str = flax.struct.field(pytree_node=False, default="")
+    """'' = one M (`rnn`); 'mean' / 'max' = `rnn` stacks several Ms, dreaming together."""
 
 
 class DreamEnv:
@@ -73,29 +81,43 @@ class DreamEnv:
         i = jax.random.randint(k_pick, (), 0, params.initial_mu.shape[0])
         mu, logvar = params.initial_mu[i], params.initial_logvar[i]
         z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mu.shape)
-        state = DreamState(z=z, lstm=self.module.initial_state(), prev_reward=jnp.zeros(()),
+        members = () if not params.ensemble else (jax.tree.leaves(params.rnn)[0].shape[0],)
+        state = DreamState(z=z, lstm=self.module.initial_state(members), prev_reward=jnp.zeros(()),
                            t=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
                            agent=None if params.agent_rnn is None else self.module.initial_state())
         return self.observation(state), state
+
+    def reward_and_p_done(self, out, params: DreamParams) -> tuple[jax.Array, jax.Array]:
+        """The step's reward and P(done) (scaled, capped at 1) from M's heads."""
+        if self.module.reward_head == "binary":
+            p = jax.nn.sigmoid(out.reward)
+            reward = p * params.reward_values[1] + (1.0 - p) * params.reward_values[0]
+        elif self.module.reward_head == "regression":
+            reward = out.reward
+        else:
+            reward = jnp.broadcast_to(params.constant_reward, out.done.shape)
+        return reward, jnp.minimum(jax.nn.sigmoid(out.done) * params.done_scale, 1.0)
 
     def step(self, key: jax.Array, state: DreamState, action: jax.Array, params: DreamParams):
         """-> (obs, state, reward, done, info). After done the state stays frozen."""
         module = self.module
         x = module.inputs(state.z, action, state.prev_reward)
-        lstm, out = module.apply({"params": params.rnn}, state.lstm, x, method=MDNRNN.step)
+        if params.ensemble:  # every member reads the same input; one of them draws the next z
+            lstm, outs = jax.vmap(lambda p, s: module.apply({"params": p}, s, x, method=MDNRNN.step)
+                                  )(params.rnn, state.lstm)
+            j = jax.random.randint(jax.random.fold_in(key, 2), (), 0, state.lstm.h.shape[0])
+            out = jax.tree.map(lambda a: a[j], outs)
+            rewards, p_dones = self.reward_and_p_done(outs, params)
+            reward = rewards.mean()
+            p_done = p_dones.max() if params.ensemble == "max" else p_dones.mean()
+        else:
+            lstm, out = module.apply({"params": params.rnn}, state.lstm, x, method=MDNRNN.step)
+            reward, p_done = self.reward_and_p_done(out, params)
         agent = None
         if params.agent_rnn is not None:  # only the LSTM of the agent's M runs: its heads are unused
             agent, _ = module.apply({"params": params.agent_rnn}, state.agent, x, method=MDNRNN.step)
         z = module.next_z(state.z, sample_mdn(key, out, params.temperature))
-        if module.reward_head == "binary":
-            p = jax.nn.sigmoid(out.reward)
-            reward = p * params.reward_values[1] + (1.0 - p) * params.reward_values[0]
-        elif module.reward_head == "regression":
-            reward = out.reward
-        else:
-            reward = params.constant_reward
         t = state.t + 1
-        p_done = jnp.minimum(jax.nn.sigmoid(out.done) * params.done_scale, 1.0)
         if params.done_sample:  # its own draw: z's sample stays the one of the threshold dream
             died = jax.random.uniform(jax.random.fold_in(key, 1)) < p_done
         else:

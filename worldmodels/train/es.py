@@ -118,6 +118,10 @@ class DreamScorer:
         cfg = config.controller
         if cfg.dream_done not in ("threshold", "sample"):
             raise ConfigError(f"controller.dream_done='{cfg.dream_done}': valid are 'threshold', 'sample'")
+        if cfg.dream_ensemble not in ("", "mean", "max"):
+            raise ConfigError(f"controller.dream_ensemble='{cfg.dream_ensemble}': valid are '' (off), 'mean', 'max'")
+        if cfg.dream_ensemble and len(cfg.dream_worlds) < 2:
+            raise ConfigError("controller.dream_ensemble needs two or more controller.dream_worlds to dream in")
         if cfg.dream_done_scale < 0:
             raise ConfigError(f"controller.dream_done_scale={cfg.dream_done_scale}: must be >= 0")
         initial = series_folder / "initial_z.npz"
@@ -130,12 +134,12 @@ class DreamScorer:
         env = DreamEnv(world.module)
         reward_values, death_reward = dream_rewards(series_folder, world.module.reward_head)
         self.worlds = load_dream_worlds(cfg.dream_worlds, world)
-        self.world_count = len(cfg.dream_worlds) or 1
+        self.world_count = 1 if cfg.dream_ensemble else len(cfg.dream_worlds) or 1
         self.params = DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(mu),
                                   initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(cfg.temperature),
                                   reward_values=jnp.asarray(reward_values),
                                   constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
-                                  done_sample=cfg.dream_done == "sample",
+                                  done_sample=cfg.dream_done == "sample", ensemble=cfg.dream_ensemble,
                                   done_scale=jnp.asarray(cfg.dream_done_scale, jnp.float32),
                                   agent_rnn=None if self.worlds is None else world.rnn_params,
                                   death_reward=None if death_reward is None else jnp.asarray(death_reward))
@@ -159,6 +163,8 @@ class DreamScorer:
             """keys (W, n): episode keys per world -> (totals, lengths), each (P, W * n)."""
             if worlds is None:
                 per_candidate = lambda flat: in_world(flat, keys[0], params)
+            elif params.ensemble:  # every episode dreams in all the worlds at once
+                per_candidate = lambda flat: in_world(flat, keys[0], params.replace(rnn=worlds))
             else:  # one batched call over the worlds' stacked parameters
                 per_world = lambda flat, ks, rnn: in_world(flat, ks, params.replace(rnn=rnn))
                 per_candidate = lambda flat: jax.tree.map(
@@ -208,7 +214,7 @@ class DreamScorer:
         keys = self.split_keys(jax.random.split(jax.random.key(EVAL_SEED_BASE), episodes),
                                "controller.eval_episodes", checks=True)
         params = self.params.replace(agent_rnn=self.params.rnn if self.params.agent_rnn is None
-                                     else self.params.agent_rnn)
+                                     else self.params.agent_rnn, ensemble="")
         totals, _ = self.score(jnp.asarray(candidates, jnp.float32), keys, params, self.check_worlds)
         return np.asarray(totals)
 
