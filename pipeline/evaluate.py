@@ -30,10 +30,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         parser.add_argument("--out", default=None, help="where scores and videos go")
         parser.add_argument("--workers", type=int, default=0, help="Ray workers (0 = all CPUs)")
 
-    config, args = parse_stage_args(__doc__, argv, extra=extra)
+    config, args = parse_stage_args(__doc__, argv, extra=extra, sections=("eval",))
     from worldmodels.data.atomic import remove_stale_temporaries
     from worldmodels.evaluate import evaluate_agent
-    from worldmodels.rollout.agent import load_agent_config
+    from worldmodels.world_model import load_agent_config
 
     agent = Path(args.agent or args.run)
     out = Path(args.out) if args.out else default_out(agent)

@@ -1,149 +1,28 @@
-"""`make iterate ROUND=k`: one round of the paper's "iterative training procedure" on RUN.
+"""`make iterate ROUND=k`: one round of the paper's iterative training procedure on RUN.
 
-Round k works in RUN/round<k>, which becomes an agent dir of its own:
-1. the agent of round k-1 (RUN itself for k = 1) plays iterate.episodes episodes of env.train_id,
-   taking the preset's random policy's action at a share iterate.explore of steps
-   -> RUN/round<k>/rollouts;
-2. RUN's V (unchanged) encodes them -> RUN/round<k>/series;
-3. M: round k-1's M trained iterate.rnn_steps more steps on RUN/series plus every round's
-   series up to k (fresh optimiser) -> RUN/round<k>/mdnrnn;
-4. C evolved from scratch with the preset's controller settings in the new M (its dream, for
-   dream presets) -> RUN/round<k>/controller;
-5. scored like `make evaluate` -> RUN/round<k>/eval, and a line in RUN/iterate.csv.
-Every step resumes where a killed run stopped. Afterwards `make evaluate AGENT=RUN/round<k>`
-and `make export-agent RUN=RUN/round<k>` work as for any run."""
+Round k's agent plays (exploring now and then), M retrains on all data, C evolves again, all in
+RUN/round<k>; a line per round goes to RUN/iterate.csv (see `worldmodels.iterate`)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from pipeline._cli import main_wrapper, parse_stage_args
-
-ROUND_SEED_STRIDE = 10_000_000
-"""Round k's episodes use env seeds rollouts.seed + k * stride + i: apart from the random
-rollouts (0..), the evaluation (eval.seed = 0..) and the controller's checks (2,000,000..)."""
-
-
-def round_config(config, run: Path, k: int):
-    """The config of round k: the rollouts and M sections changed as the round needs."""
-    prev = run if k == 1 else run / f"round{k - 1}"
-    it = config.iterate
-    return dataclasses.replace(
-        config,
-        rollouts=dataclasses.replace(config.rollouts, episodes=it.episodes,
-                                     seed=config.rollouts.seed + k * ROUND_SEED_STRIDE),
-        mdnrnn=dataclasses.replace(config.mdnrnn, steps=it.rnn_steps,
-                                   init_from=str(prev / "mdnrnn" / "params.msgpack")),
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--round", type=int, default=1, help="round number k >= 1 (RUN/round<k>)")
 
-    config, args = parse_stage_args(__doc__, argv, extra=extra)
+    config, args = parse_stage_args(__doc__, argv, extra=extra, sections=("iterate", "rollouts", "mdnrnn"))
     from worldmodels.runtime import reuse_freed_memory
 
     reuse_freed_memory()  # before JAX starts: M's step re-allocates large buffers (see runtime.py)
-    from worldmodels.errors import ConfigError, DataError
-    from worldmodels.parallel import init_ray
+    from worldmodels.iterate import run_round
 
-    run, k = Path(args.run), args.round
-    if k < 1:
-        raise ConfigError(f"--round must be >= 1, got {k}")
-    prev = run if k == 1 else run / f"round{k - 1}"
-    if not (prev / "controller" / "best.msgpack").exists():
-        what = "`make all` (or `make train-controller`)" if k == 1 else f"`make iterate ROUND={k - 1}`"
-        raise DataError(f"round {k} starts from the agent in {prev}, which has no controller; run {what} first")
-    if config.iterate.episodes < 1 or not 0 <= config.iterate.explore <= 1 or config.iterate.rnn_steps < 1:
-        raise ConfigError("iterate.episodes and iterate.rnn_steps must be >= 1, iterate.explore in [0, 1]")
-    import ray
-
-    own_ray = not ray.is_initialized()  # shut down below only a Ray this stage started
-    init_ray(num_cpus=config.rollouts.workers or None)  # before JAX starts its threads
-
-    from jax.flatten_util import ravel_pytree
-
-    from worldmodels.data.atomic import atomic_write_text, remove_stale_temporaries
-    from worldmodels.data.episodes import list_episodes
-    from worldmodels.evaluate import evaluate_agent
-    from worldmodels.rollout.agent import load_controller, load_world_model
-    from worldmodels.rollout.collect import agent_spec, collect_rollouts
-    from worldmodels.run_dir import prepare_stage_dir
-    from worldmodels.train.es import train_controller
-    from worldmodels.train.mdnrnn import train_mdnrnn
-
-    rconfig = round_config(config, run, k)
-    out = run / f"round{k}"
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "vision").exists():
-        (out / "vision").symlink_to(Path("..") / "vision")  # one V for every round
-    atomic_write_text(out / "config.json", rconfig.to_json())
-
-    # 1. The previous round's agent plays, exploring.
-    folder = prepare_stage_dir(out, "rollouts", rconfig, sections=("env", "rollouts", "iterate"),
-                               free_fields=("rollouts.episodes", "iterate.episodes", "rollouts.workers",
-                                            "iterate.rnn_steps"))
-    world = load_world_model(prev, config)
-    flat, _ = ravel_pytree(load_controller(prev, world))
-    summary = collect_rollouts(rconfig, folder, agent=agent_spec(world, flat, config.iterate.explore))
-    print(f"iterate {k}: {summary.written} agent episodes written, {summary.skipped} already there -> {folder}")
-    if own_ray:
-        ray.shutdown()  # an idle Ray slows M's training (scripts/bench.py); C starts it again
-
-    # 2. RUN's V encodes them, as `make series` does.
-    from pipeline.series import encode_stage
-
-    encode_stage(rconfig, out, run / "vision")
-
-    # 3. M retrained on everything collected so far.
-    from pipeline.train_rnn import FREE_FIELDS as RNN_FREE
-
-    prepare_stage_dir(out, "mdnrnn", rconfig, sections=("mdnrnn",), free_fields=RNN_FREE)
-    remove_stale_temporaries(out / "mdnrnn")
-    folders = [run / "series"] + [run / f"round{j}" / "series" for j in range(1, k + 1)]
-    m_summary = train_mdnrnn(rconfig, out, series=folders)
-    print("iterate {}: M {}".format(k, json.dumps({key: round(v, 4) if isinstance(v, float) else v
-                                                   for key, v in m_summary.items()})))
-
-    # 4. C from scratch in the new M.
-    from pipeline.train_controller import FREE_FIELDS as C_FREE
-
-    prepare_stage_dir(out, "controller", rconfig, sections=("controller",), free_fields=C_FREE)
-    remove_stale_temporaries(out / "controller")
-    c_summary = train_controller(rconfig, out)
-
-    # 5. Scored in the real env.
-    remove_stale_temporaries(out / "eval")
-    e_summary = evaluate_agent(out, config.eval, out / "eval")
-    row = {"round": k, "episodes": len(list_episodes(folder)),
-           "agent_episode_mean_steps": round(summary.steps / max(summary.written, 1), 1) if summary.written else "",
-           "train_episodes_m": m_summary["train_episodes"],
-           "heldout_done_recall": round(m_summary.get("heldout_done_recall", float("nan")), 3),
-           "c_best_fitness": round(float(c_summary["best_fitness"]), 1),
-           "c_kept_check": round(float(c_summary["best_check"]), 1),
-           "eval_mean": round(e_summary["mean"], 1), "eval_std": round(e_summary["std"], 1),
-           "eval_episodes": e_summary["episodes"]}
-    append_row(run / "iterate.csv", row)
-    print(f"iterate {k}: {e_summary['mean']:.1f} ± {e_summary['std']:.1f} over {e_summary['episodes']} "
-          f"episodes of {e_summary['env_id']} -> {out / 'eval'}")
+    run_round(config, args.run, args.round)
     return args.run
-
-
-def append_row(path: Path, row: dict) -> None:
-    """One line per finished round (a rerun of a round adds a line)."""
-    import csv
-
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pipeline._cli import main_wrapper, parse_stage_args
 
 
 def main(argv: Sequence[str] | None = None) -> str | None:
-    config, args = parse_stage_args(__doc__, argv)
+    config, args = parse_stage_args(__doc__, argv, sections=("sweep", "controller"))
     from worldmodels.train.temperature_sweep import run_temperature_sweep
 
     result = run_temperature_sweep(config, args.run)

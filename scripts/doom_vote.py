@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from worldmodels.agent import load_controller
 from worldmodels.envs import doom
 from worldmodels.models.controller import controller_features, controller_output
 from worldmodels.models.mdnrnn import MDNRNN, LSTMState
-from worldmodels.rollout.agent import load_controller, load_world_model
+from worldmodels.world_model import load_world_model
 
 
 def make_vote_step(world, controllers):

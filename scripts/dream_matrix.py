@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from jax.flatten_util import ravel_pytree
 
+    from worldmodels.agent import load_controller
     from worldmodels.config import apply_override
-    from worldmodels.rollout.agent import load_agent_config, load_controller, load_world_model
     from worldmodels.train.es import DreamScorer
+    from worldmodels.world_model import load_agent_config, load_world_model
 
     rows = []
     for run in map(Path, args.runs):

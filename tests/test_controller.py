@@ -105,8 +105,9 @@ def test_dream_training_resumes_and_evaluates(tmp_path, tiny_world, ray_local, c
     again = run_stage("export_agent", "--config", "tiny", "--run", str(straight), "--agent", str(agent),
                       check=False)
     assert again.returncode == 2 and "already holds an agent" in again.stderr
-    assert sorted(p.name for p in agent.iterdir()) == ["agent.json", "config.json", "controller", "mdnrnn", "vision"]
-    from worldmodels.rollout.agent import load_world_model
+    assert sorted(p.name for p in agent.iterdir()) == ["agent.json", "config.json", "controller", "dream.npz",
+                                                       "mdnrnn", "vision"]
+    from worldmodels.world_model import load_world_model
 
     shipped, trained = load_world_model(agent), load_world_model(straight)
     for a, b in zip(jax.tree.leaves(shipped.vision_params), jax.tree.leaves(trained.vision_params), strict=True):
@@ -132,8 +133,8 @@ def _dream_scorers(tiny_world, tmp_path):
 
     from worldmodels.checkpoint import read_checkpoint_meta, save_checkpoint
     from worldmodels.config import get_config
-    from worldmodels.rollout.agent import load_world_model
     from worldmodels.train.es import DreamScorer
+    from worldmodels.world_model import load_world_model
 
     dream = ["--controller.dream", "1", "--controller.checks", "dream", "--controller.rollouts", "4",
              "--controller.eval_episodes", "4"]
@@ -222,8 +223,8 @@ def test_an_m_trained_on_mu_dreams_from_mu(tiny_world, tmp_path):
     from worldmodels.checkpoint import _read, read_checkpoint_meta, save_checkpoint
     from worldmodels.config import get_config
     from worldmodels.envs.dream import DreamEnv
-    from worldmodels.rollout.agent import load_world_model
     from worldmodels.train.es import DreamScorer
+    from worldmodels.world_model import load_world_model
 
     run = tmp_path / "run"
     run.mkdir()
@@ -254,8 +255,9 @@ def test_an_m_trained_on_mu_dreams_from_mu(tiny_world, tmp_path):
 
 
 def test_stall_steps_end_an_episode_without_reward(tiny_world):
+    from worldmodels.agent import make_agent_step, run_episodes
     from worldmodels.config import get_config
-    from worldmodels.rollout.agent import load_world_model, make_agent_step, run_episodes
+    from worldmodels.world_model import load_world_model
 
     world = load_world_model(tiny_world, get_config("tiny"))
     step = make_agent_step(world)
@@ -273,9 +275,10 @@ def test_agent_policy_plays_the_agent_and_explores(tiny_world):
     (M's state carried along); with explore 1 every action is the random policy's."""
     from jax.flatten_util import ravel_pytree
 
+    from worldmodels.agent import make_agent_step, run_episodes
     from worldmodels.config import get_config
-    from worldmodels.rollout.agent import load_world_model, make_agent_step, run_episodes
     from worldmodels.rollout.collect import agent_spec, run_random_episode
+    from worldmodels.world_model import load_world_model
 
     config = get_config("tiny")
     world = load_world_model(tiny_world, config)
@@ -330,9 +333,8 @@ def _kill_one_episode_worker(stop: threading.Event, killed: list) -> None:
 
 @pytest.mark.filterwarnings("ignore:os.fork")
 def test_a_killed_worker_does_not_lose_the_generation(tiny_world):
-    from worldmodels.parallel import init_ray
-    from worldmodels.rollout.agent import load_world_model
-    from worldmodels.rollout.parallel import ParallelEpisodes
+    from worldmodels.parallel import ParallelEpisodes, init_ray
+    from worldmodels.world_model import load_world_model
 
     init_ray(num_cpus=2)
     world = load_world_model(tiny_world, None) if (tiny_world / "config.json").exists() else None

@@ -1,8 +1,9 @@
 """Packing a trained run into a self-contained agent directory (what `agents/carracing` is).
 
 An agent directory holds exactly what acting needs: config.json (the run's whole resolved
-config), vision/params.msgpack, mdnrnn/params.msgpack, controller/best.msgpack, and
-agent.json (where it came from and what it scored in training). V and M may be stored as
+config), vision/params.msgpack, mdnrnn/params.msgpack, controller/best.msgpack, dream.npz
+(where M's dreams start and what they pay, from the run's series: for the dream env and
+`make play`) and agent.json (its format, where it came from, what it scored in training). V and M may be stored as
 float16 (half the size); loading casts them back to float32, so the agent computes in
 float32 as it did in training.
 """
@@ -23,7 +24,14 @@ PARTS = ("vision/params.msgpack", "mdnrnn/params.msgpack", "controller/best.msgp
 
 def export_agent(run: str | Path, dest: str | Path, dtype: str = "float16", force: bool = False) -> dict:
     """Copy RUN's V, M, best C and config into `dest`; returns the agent.json it wrote."""
-    from worldmodels.rollout.agent import load_agent_config, load_controller, load_world_model
+    from worldmodels.agent import AGENT_FORMAT, load_controller
+    from worldmodels.world_model import (
+        DREAM_FILE,
+        load_agent_config,
+        load_world_model,
+        save_dream_start,
+        series_dream_start,
+    )
 
     run, dest = Path(run), Path(dest)
     if dtype not in ("float16", "float32"):
@@ -38,7 +46,9 @@ def export_agent(run: str | Path, dest: str | Path, dtype: str = "float16", forc
     if dest.exists() and any(dest.iterdir()) and not force:
         raise DataError(f"{dest} already holds an agent; pass --force to replace it (nothing was written)")
     config = load_agent_config(run)
-    load_controller(run, load_world_model(run, config))  # the parts must fit together
+    world = load_world_model(run, config)
+    load_controller(run, world)  # the parts must fit together
+    start = series_dream_start(run / "series", world.module.reward_head)
     staging = dest.with_name(dest.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for part in PARTS:
@@ -48,7 +58,9 @@ def export_agent(run: str | Path, dest: str | Path, dtype: str = "float16", forc
         else:
             cast_checkpoint(run / part, staging / part, dtype)
     atomic_write_text(staging / "config.json", config.to_json())
-    info = {"exported_from": str(run), "exported": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": dtype,
+    save_dream_start(staging / DREAM_FILE, start)
+    info = {"format": AGENT_FORMAT, "exported_from": str(run), "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "dtype": dtype,
             "controller": _read_json(run / "controller" / "best.json"),
             "controller_summary": _read_json(run / "controller" / "summary.json")}
     atomic_write_text(staging / "agent.json", json.dumps(info, indent=2))
@@ -56,6 +68,40 @@ def export_agent(run: str | Path, dest: str | Path, dtype: str = "float16", forc
         shutil.rmtree(dest)
     staging.rename(dest)
     return info
+
+
+DREAM_START_SEED = 30_000_000
+"""Env seeds of the random episodes `write_dream_start` records: apart from the rollouts (0..),
+the evaluation (0..), the checks (2,000,000..), the iterate rounds (10,000,000 * k..) and
+the seeds selection may use (10,000..)."""
+
+
+def write_dream_start(agent: str | Path, episodes: int = 32, seed: int = DREAM_START_SEED) -> dict:
+    """(Re)write an agent's dream.npz from `episodes` fresh random-policy episodes of its env
+    (its own preset's rollout policy), encoded by its own V: for agents exported before dream.npz
+    existed, or whose run's series are gone. Returns a summary of what it wrote."""
+    import dataclasses
+    import tempfile
+
+    from worldmodels.rollout.collect import collect_rollouts
+    from worldmodels.world_model import DREAM_FILE, encode_run, load_agent_config, save_dream_start, series_dream_start
+
+    agent = Path(agent)
+    if episodes < 1:
+        raise ConfigError(f"--dream-start {episodes}: must be >= 1 episodes")
+    config = load_agent_config(agent)
+    if not (agent / "vision" / "params.msgpack").exists():
+        raise DataError(f"{agent} has no vision/params.msgpack: not an agent or run dir with V")
+    config = dataclasses.replace(config, rollouts=dataclasses.replace(config.rollouts, episodes=episodes, seed=seed))
+    with tempfile.TemporaryDirectory(prefix="dream-start-") as tmp:
+        run = Path(tmp)
+        collect_rollouts(config, run / "rollouts")  # Ray first, before JAX starts its threads
+        encode_run(config, run, agent / "vision")
+        start = series_dream_start(run / "series", config.mdnrnn.reward_head)
+    save_dream_start(agent / DREAM_FILE, start)
+    return {"episodes": episodes, "seeds": f"{seed}-{seed + episodes - 1}", "policy": config.rollouts.policy,
+            "reward_values": [round(float(v), 4) for v in start.reward_values],
+            "death_reward": start.death_reward}
 
 
 def _read_json(path: Path) -> dict:

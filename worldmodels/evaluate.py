@@ -25,10 +25,10 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
                    progress: bool = True) -> dict[str, Any]:
     from jax.flatten_util import ravel_pytree
 
+    from worldmodels.agent import load_controller
     from worldmodels.envs import get_env_module
-    from worldmodels.parallel import init_ray
-    from worldmodels.rollout.agent import load_agent_config, load_controller, load_world_model
-    from worldmodels.rollout.parallel import ParallelEpisodes
+    from worldmodels.parallel import ParallelEpisodes, init_ray
+    from worldmodels.world_model import load_agent_config, load_world_model
 
     if cfg.episodes < 1:
         raise ConfigError("eval.episodes must be >= 1")
@@ -50,7 +50,7 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
         bar = tqdm(total=cfg.episodes, unit="ep", desc=f"evaluate on {env_id}", dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        episodes = ParallelEpisodes(world, workers=workers, max_task_episodes=8, fixed_task_size=True)
+        episodes = ParallelEpisodes(world, workers=workers, max_task_episodes=8)
         flat_all = np.repeat(np.asarray(flat)[None], cfg.episodes, axis=0)
         result = episodes.run(flat_all, seeds, env_id, cfg.max_steps, on_task_done=bar.update if bar else None)
     finally:

@@ -14,6 +14,17 @@ from worldmodels.config import Config, diff_configs
 from worldmodels.data.atomic import atomic_write_text
 from worldmodels.errors import ConfigError, WorldModelsError
 
+FREE_FIELDS: dict[str, tuple[str, ...]] = {
+    "vision": ("vision.epochs", "vision.max_steps", "vision.devices", "vision.layers",
+               "vision.chunk_frames", "vision.checkpoint_every", "vision.log_every"),
+    "mdnrnn": ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "mdnrnn.temperature",
+               "mdnrnn.eval_every", "mdnrnn.eval_windows"),
+    "controller": ("controller.generations", "controller.eval_every", "controller.eval_episodes",
+                   "controller.workers", "controller.episode_timeout"),
+}
+"""Per stage folder, the fields a rerun may change (how long, how often, on what hardware):
+the rest must match what the folder was made with."""
+
 
 def prepare_stage_dir(run: str | os.PathLike, stage: str, config: Config,
                       sections: tuple[str, ...], free_fields: tuple[str, ...] = ()) -> Path:

@@ -1,4 +1,4 @@
-"""Process-wide settings the stage entries apply before JAX starts.
+"""Process-wide settings the stage entries apply before JAX starts, and the host-device mesh.
 
 `reuse_freed_memory`: XLA:CPU allocates every large temporary of a jitted step afresh (M's
 training step: the LSTM's (T, B, 4H) activations and gate gradients, 41 MB each at the
@@ -41,3 +41,17 @@ def reuse_freed_memory() -> bool:
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
     _applied = all(mallopt(key, value) == 1 for key, value in settings)
     return _applied
+
+
+def data_parallel(n_devices: int, batch_size: int):
+    """(mesh, batch sharding, replicated sharding) over the first usable host devices: the
+    most devices (at most `n_devices`, 0 = all) that divide the batch."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices()[: max(1, n_devices or len(jax.devices()))]
+    while len(devices) > 1 and batch_size % len(devices):
+        devices = devices[:-1]
+    mesh = Mesh(np.array(devices), ("data",))
+    return mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())

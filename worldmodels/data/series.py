@@ -68,7 +68,8 @@ def encode_rollouts(rollouts: str | os.PathLike, folder: str | os.PathLike, mode
     import jax
     import jax.numpy as jnp
 
-    from worldmodels.train.common import conv_compiler_options, data_parallel
+    from worldmodels.models.vision.layers import conv_compiler_options
+    from worldmodels.runtime import data_parallel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 Each environment module (`carracing`, `doom`) exposes the same small surface:
 ``make_env(env_id, **kwargs)``, ``preprocess_frame(obs, size)``, ``ACTION_DIM``,
 ``rollout_action(a)`` (a random policy's action -> the one taken and stored),
-``squash_action(y)`` (C's output -> action, in JAX), ``SOLVED_SCORE``, ``VIDEO_FPS`` and
+``squash_action(y)`` (C's output -> action, in JAX), ``dream_action(a)`` (an action of the
+box ``ACTION_LOW``..``ACTION_HIGH`` -> what M reads), ``OBS_SHAPE`` (the raw observation
+`Agent.act` takes), ``SOLVED_SCORE``, ``VIDEO_FPS`` and
 ``VIDEO_SCALE`` (evaluation videos);
 the pipeline looks it up by `EnvConfig.name` and never forks per environment.
 """
@@ -32,6 +34,14 @@ def register_envs() -> None:
             max_episode_steps=1000,
             reward_threshold=900,
         )
+    if "worldmodels/TakeCover-v1" not in gymnasium.registry:
+        # VizdoomTakeCover-v1 as the Doom agent plays it: the screen, and a 1-d action in [-1, 1];
+        # vizdoom is imported only when the env is made.
+        gymnasium.register(id="worldmodels/TakeCover-v1", entry_point="worldmodels.envs.doom:make_take_cover",
+                           max_episode_steps=2100)  # evaluation's cap (eval.max_steps)
+    if "worldmodels/Dream-v0" not in gymnasium.registry:
+        # M's dream: gym.make("worldmodels/Dream-v0", world_model=<run or agent dir>, temperature=1.0)
+        gymnasium.register(id="worldmodels/Dream-v0", entry_point="worldmodels.envs.dream_gym:DreamGymEnv")
 
 
 def get_env_module(name: str) -> ModuleType:

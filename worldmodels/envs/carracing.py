@@ -52,8 +52,15 @@ def original_action(y: np.ndarray) -> np.ndarray:
     return np.array([t[0], (t[1] + 1.0) / 2.0, np.clip(t[2], 0.0, 1.0)], np.float32)
 
 
+def dream_action(action):
+    """An action of the env's box -> the one M reads in the dream (jax): CarRacing's as it is."""
+    return action
+
+
 def squash_action(y):
     """Controller output (..., 3) -> CarRacing action: steer in [-1, 1], gas/brake in [0, 1]."""
     from worldmodels.models.controller import carracing_squash
 
     return carracing_squash(y)
+OBS_SHAPE = (96, 96, 3)
+"""The raw observation `worldmodels.agent.Agent.act` takes."""

@@ -20,9 +20,14 @@ import numpy as np
 from PIL import Image
 
 ACTION_DIM = 1
+ACTION_LOW, ACTION_HIGH = np.array([-1.0], np.float32), np.array([1.0], np.float32)
 ACTION_THRESHOLD = 1.0 / 3.0
 """|tanh(y)| above this moves (the original code's threshold)."""
 SCREEN_SHAPE = (240, 320, 3)
+OBS_SHAPE = SCREEN_SHAPE
+"""The raw observation `worldmodels.agent.Agent.act` takes: the screen."""
+AGENT_ENV_ID = "worldmodels/TakeCover-v1"
+"""What `Agent.env_id` names: VizdoomTakeCover-v1 seen through `TakeCover` (screen in, 1-d action)."""
 SOLVED_SCORE = 750.0
 """Mean steps survived over 100 consecutive episodes that counts as solved."""
 VIDEO_FPS, VIDEO_SCALE = 35, 1  # evaluation videos of the raw 320x240 screens (Doom's 35 tics/s)
@@ -72,6 +77,11 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     return TakeCover(env, path)
 
 
+def make_take_cover(**kwargs) -> gymnasium.Env:
+    """The entry point of `worldmodels/TakeCover-v1` (`AGENT_ENV_ID`): the game as the agent plays it."""
+    return make_env("VizdoomTakeCover-v1", **kwargs)
+
+
 def preprocess_frame(obs: np.ndarray, size: int = 64) -> np.ndarray:
     """(240, 320, 3) uint8 screen -> (size, size, 3) uint8: the whole screen resized (the paper),
     with Pillow's bilinear filter like CarRacing's frames."""
@@ -85,6 +95,13 @@ def rollout_action(action: np.ndarray) -> np.ndarray:
     A uniform sample gives each of the three an equal chance."""
     a = np.asarray(action, np.float32)
     return np.where(a > ACTION_THRESHOLD, 1.0, np.where(a < -ACTION_THRESHOLD, -1.0, 0.0)).astype(np.float32)
+
+
+def dream_action(action):
+    """An action in [-1, 1] -> the one M reads in the dream (jax): -1 / 0 / +1, as `TakeCover` takes it."""
+    import jax.numpy as jnp
+
+    return jnp.where(action > ACTION_THRESHOLD, 1.0, jnp.where(action < -ACTION_THRESHOLD, -1.0, 0.0))
 
 
 def squash_action(y):

@@ -132,6 +132,21 @@ class DreamEnv:
         return self.observation(new), new, reward, new.done, {"p_done": p_done}
 
 
+def dream_params(world, start, temperature: float, max_steps: int, done_sample: bool = False,
+                 done_scale: float = 1.0, ensemble: str = "", agent_rnn=None) -> DreamParams:
+    """The dream of `world` (a `WorldModel`) from `start` (a `DreamStart`: first frames and
+    reward values) at temperature tau. An M trained on mu dreams from mu (z0 = mu exactly)."""
+    logvar = start.initial_logvar
+    if world.dreams_from_mu:
+        logvar = jnp.full_like(jnp.asarray(logvar), -jnp.inf)
+    return DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(start.initial_mu),
+                       initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(temperature, jnp.float32),
+                       reward_values=jnp.asarray(start.reward_values), constant_reward=jnp.asarray(1.0),
+                       max_steps=max_steps, done_sample=done_sample, ensemble=ensemble,
+                       done_scale=jnp.asarray(done_scale, jnp.float32), agent_rnn=agent_rnn,
+                       death_reward=None if start.death_reward is None else jnp.asarray(start.death_reward))
+
+
 def dream_rollout(env: DreamEnv, params: DreamParams, policy, policy_params, key: jax.Array,
                   steps: int, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
     """One dreamed episode of at most `steps` steps under `policy(policy_params, obs) -> a`.

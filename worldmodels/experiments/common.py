@@ -16,8 +16,8 @@ import optax
 
 from worldmodels.losses_generative import distillation_loss
 from worldmodels.models.vision.generative import GenerativeModel
+from worldmodels.models.vision.layers import conv_compiler_options
 from worldmodels.models.vision.nets import Arch, Classifier
-from worldmodels.train.common import conv_compiler_options
 
 
 def batches(n: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:

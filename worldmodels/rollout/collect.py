@@ -74,7 +74,7 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
 def agent_spec(world, controller: np.ndarray, explore: float) -> dict:
     """What a worker needs to play an agent: V and M (plain arrays), C's flat parameters and
     the share of steps whose action comes from the random policy instead."""
-    from worldmodels.rollout.parallel import world_id
+    from worldmodels.parallel import world_id
 
     return {"world_id": world_id(world), "payload": world.payload(),
             "controller": np.asarray(controller, np.float32), "explore": float(explore)}

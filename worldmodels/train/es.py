@@ -31,12 +31,12 @@ from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
 from worldmodels.envs import get_env_module
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.models.controller import controller_features, controller_output
-from worldmodels.rollout.agent import WorldModel, load_world_model
 from worldmodels.train.common import MetricsLog
+from worldmodels.world_model import WorldModel, dream_rewards, load_world_model, series_dream_start  # noqa: F401
 
 COLUMNS = ("generation", "mean", "best", "worst", "sigma", "steps_per_s", "seconds", "check_best",
            "check_mean_candidate", "check_kept")
-# Names before session 10, when the checks could only run in the real env: a resumed run's
+# Names used until 2026-12-01, when the checks could only run in the real env: a resumed run's
 # generations.csv and best.json are read under the new names.
 OLD_NAMES = {"real_best": "check_best", "real_mean_candidate": "check_mean_candidate",
              "real_score_kept": "check_kept", "real": "check"}
@@ -74,21 +74,6 @@ def make_cma(dim: int, population: int, sigma0: float, seed: int, x0: np.ndarray
         raise ConfigError(f"pycma refused the search settings: {exc}") from None
 
 
-def dream_rewards(series_folder: Path, reward_head: str) -> tuple[np.ndarray, float | None]:
-    """What M's dream pays, from the recorded series: [r_neg, r_pos], the mean non-positive and
-    mean positive reward of the non-terminal steps (a binary head's two outcomes), and the mean
-    reward of the terminal steps (what a death costs in the real env), None when M has no reward
-    head (Doom pays steps survived) or the series hold no terminal step."""
-    from worldmodels.data.series import list_series, load_series
-
-    series = [load_series(p) for p in list_series(series_folder)]
-    r = np.concatenate([s["reward"][~s["done"]] for s in series]) if series else np.zeros(1)
-    died = np.concatenate([s["reward"][s["done"]] for s in series]) if series else np.zeros(0)
-    neg, pos = r[r <= 0], r[r > 0]
-    values = np.array([neg.mean() if len(neg) else 0.0, pos.mean() if len(pos) else 1.0], np.float32)
-    return values, (float(died.mean()) if len(died) and reward_head != "none" else None)
-
-
 def load_dream_worlds(folders: tuple[str, ...], world: WorldModel):
     """The Ms of `controller.dream_worlds`, their parameters stacked on a leading axis (None
     for none). Each must have the run's M's shapes (same V, same mdnrnn sizes)."""
@@ -113,7 +98,7 @@ class DreamScorer:
     def __init__(self, world: WorldModel, config: Config, series_folder: Path):
         from jax.flatten_util import ravel_pytree
 
-        from worldmodels.envs.dream import DreamEnv, DreamParams, dream_rollout
+        from worldmodels.envs.dream import DreamEnv, dream_params, dream_rollout
 
         cfg = config.controller
         if cfg.dream_done not in ("threshold", "sample"):
@@ -124,25 +109,14 @@ class DreamScorer:
             raise ConfigError("controller.dream_ensemble needs two or more controller.dream_worlds to dream in")
         if cfg.dream_done_scale < 0:
             raise ConfigError(f"controller.dream_done_scale={cfg.dream_done_scale}: must be >= 0")
-        initial = series_folder / "initial_z.npz"
-        if not initial.exists():
-            raise DataError(f"{initial} is missing; run `make series` first")
-        with np.load(initial) as data:
-            mu, logvar = data["mu"], data["logvar"]
-        if world.dreams_from_mu:
-            logvar = np.full_like(logvar, -np.inf)  # an M trained on mu dreams from mu: z0 = mu exactly
+        start = series_dream_start(series_folder, world.module.reward_head)
         env = DreamEnv(world.module)
-        reward_values, death_reward = dream_rewards(series_folder, world.module.reward_head)
         self.worlds = load_dream_worlds(cfg.dream_worlds, world)
         self.world_count = 1 if cfg.dream_ensemble else len(cfg.dream_worlds) or 1
-        self.params = DreamParams(rnn=world.rnn_params, initial_mu=jnp.asarray(mu),
-                                  initial_logvar=jnp.asarray(logvar), temperature=jnp.asarray(cfg.temperature),
-                                  reward_values=jnp.asarray(reward_values),
-                                  constant_reward=jnp.asarray(1.0), max_steps=cfg.dream_max_steps,
-                                  done_sample=cfg.dream_done == "sample", ensemble=cfg.dream_ensemble,
-                                  done_scale=jnp.asarray(cfg.dream_done_scale, jnp.float32),
-                                  agent_rnn=None if self.worlds is None else world.rnn_params,
-                                  death_reward=None if death_reward is None else jnp.asarray(death_reward))
+        self.params = dream_params(world, start, cfg.temperature, cfg.dream_max_steps,
+                                   done_sample=cfg.dream_done == "sample", done_scale=cfg.dream_done_scale,
+                                   ensemble=cfg.dream_ensemble,
+                                   agent_rnn=None if self.worlds is None else world.rnn_params)
         self.check_split(cfg.rollouts, "controller.rollouts")
         self.check_worlds = load_dream_worlds(cfg.check_worlds, world)
         self.check_count = len(cfg.check_worlds)
@@ -223,7 +197,7 @@ class RealScorer:
     """Scores a population in the real environment on Ray workers."""
 
     def __init__(self, world: WorldModel, config: Config):
-        from worldmodels.rollout.parallel import ParallelEpisodes
+        from worldmodels.parallel import ParallelEpisodes
 
         cfg = config.controller
         self.episodes = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
@@ -253,8 +227,7 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
     """Evolve C into RUN/controller; resumes from RUN/controller/cma_state.pkl."""
     from jax.flatten_util import ravel_pytree
 
-    from worldmodels.parallel import init_ray
-    from worldmodels.rollout.parallel import ParallelEpisodes
+    from worldmodels.parallel import ParallelEpisodes, init_ray
 
     cfg = config.controller
     if cfg.checks not in ("real", "dream") or (cfg.checks == "dream" and not cfg.dream):

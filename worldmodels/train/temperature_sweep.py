@@ -29,8 +29,6 @@ from worldmodels.errors import ConfigError
 
 DREAM_SCORE_SEED = 3_000_000  # keys of the sweep's dream scores: not those best.msgpack was picked on
 SHARED_PARTS = ("vision", "mdnrnn", "series")
-FREE_FIELDS = ("controller.generations", "controller.eval_every", "controller.eval_episodes",
-               "controller.workers", "controller.episode_timeout")  # as `make train-controller`
 # Ha & Schmidhuber (2018), DoomTakeCover: tau -> (dream mean, std, real mean, std), for reference.
 PAPER = {0.1: (2086, 140, 193, 58), 0.5: (2060, 277, 196, 50), 1.0: (1145, 690, 868, 511),
          1.15: (918, 546, 1092, 556), 1.3: (732, 269, 753, 139)}
@@ -99,8 +97,9 @@ def score_in_dream(folder: Path, config: Config, episodes: int) -> np.ndarray:
     """Dream returns (episodes,) of folder's best.msgpack at config.controller.temperature."""
     from jax.flatten_util import ravel_pytree
 
-    from worldmodels.rollout.agent import load_controller, load_world_model
+    from worldmodels.agent import load_controller
     from worldmodels.train.es import DreamScorer
+    from worldmodels.world_model import load_world_model
 
     world = load_world_model(folder, config)
     flat, _ = ravel_pytree(load_controller(folder, world))
@@ -111,7 +110,7 @@ def score_in_dream(folder: Path, config: Config, episodes: int) -> np.ndarray:
 def run_temperature_sweep(config: Config, run: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train and score C at every tau of config.sweep.temperatures into RUN/temperature_sweep."""
     from worldmodels.evaluate import evaluate_agent
-    from worldmodels.run_dir import prepare_stage_dir
+    from worldmodels.run_dir import FREE_FIELDS, prepare_stage_dir
     from worldmodels.train.es import train_controller
 
     cfg = config.sweep
@@ -129,7 +128,7 @@ def run_temperature_sweep(config: Config, run: str | Path, progress: bool = True
         reused = prepare_tau_dir(run, folder, tc)
         t0 = time.perf_counter()
         if not reused:
-            prepare_stage_dir(folder, "controller", tc, sections=("controller",), free_fields=FREE_FIELDS)
+            prepare_stage_dir(folder, "controller", tc, sections=("controller",), free_fields=FREE_FIELDS["controller"])
             if progress:
                 print(f"temperature sweep: tau = {tau:g}", flush=True)
             train_controller(tc, folder, progress=progress)

@@ -24,7 +24,7 @@ from worldmodels.checkpoint import load_checkpoint, read_checkpoint_meta, save_c
 from worldmodels.config import Config, VisionConfig
 from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
 from worldmodels.data.frames import FrameStream, load_frames, split_episodes
-from worldmodels.errors import CheckpointError, ConfigError
+from worldmodels.errors import ConfigError
 from worldmodels.models.vision import VisionModel, get_vision_model
 from worldmodels.train.common import (
     MetricsLog,
@@ -33,9 +33,9 @@ from worldmodels.train.common import (
     data_parallel,
     init_train_state,
 )
+from worldmodels.world_model import VISION_ARCHITECTURE_FIELDS as ARCHITECTURE_FIELDS  # noqa: F401
+from worldmodels.world_model import check_architecture, load_vision, vision_meta  # noqa: F401
 
-# Fields of VisionConfig that fix the parameter tree: a checkpoint must match them.
-ARCHITECTURE_FIELDS = ("model", "latent_dim", "encoder_channels", "decoder_channels")
 METRIC_COLUMNS = ("step", "epoch", "loss", "recon", "kl", "images_per_s", "wall_s")
 
 
@@ -62,35 +62,6 @@ def make_train_step(model: VisionModel, tx: optax.GradientTransformation) -> Cal
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
-
-
-def vision_meta(cfg: VisionConfig) -> dict[str, Any]:
-    """The architecture fields, JSON-ready, stored in every V checkpoint."""
-    fields = {f: getattr(cfg, f) for f in ARCHITECTURE_FIELDS}
-    return {"vision": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
-
-
-def check_architecture(meta: dict[str, Any], cfg: VisionConfig, path) -> None:
-    saved = meta.get("vision", {})
-    for name in ARCHITECTURE_FIELDS:
-        want = getattr(cfg, name)
-        want = list(want) if isinstance(want, tuple) else want
-        if saved.get(name) != want:
-            raise CheckpointError(f"{path} was trained with vision.{name}={saved.get(name)!r}, the "
-                                  f"config says {want!r}; use a matching config or another RUN=")
-
-
-def load_vision(folder: str | Path, cfg: VisionConfig) -> tuple[VisionModel, Any]:
-    """V's model and trained parameters from a `vision/` folder (params.msgpack)."""
-    path = Path(folder) / "params.msgpack"
-    if not path.exists():
-        raise CheckpointError(f"no trained V at {path}; run `make train-vae` first")
-    meta = read_checkpoint_meta(path)
-    check_architecture(meta, cfg, path)
-    model = get_vision_model(cfg)
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(model.init, jax.random.key(0)))
-    params, _ = load_checkpoint(path, target)
-    return model, params
 
 
 def reconstruction_error(model: VisionModel, params, frames: np.ndarray, batch: int = 250) -> dict:

@@ -15,7 +15,6 @@ from typing import Any
 import jax
 
 from worldmodels.config import VisionConfig
-from worldmodels.errors import ConfigError
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -48,31 +47,3 @@ def register_vision_model(name: str):
         return builder
 
     return wrap
-
-
-def vision_model_names() -> list[str]:
-    _load_builtin_models()
-    return sorted(_REGISTRY)
-
-
-def get_vision_model(config: VisionConfig) -> VisionModel:
-    """Build the vision model named by `config.model`."""
-    _load_builtin_models()
-    if config.model not in _REGISTRY:
-        raise ConfigError(
-            f"unknown vision model '{config.model}'; valid: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[config.model](config)
-
-
-def _load_builtin_models() -> None:
-    from worldmodels.models.vision import vae  # noqa: F401
-
-    if "ae" in _REGISTRY:
-        return
-    from worldmodels.models.vision.generative import as_vision_model, build_generative, generative_model_names
-
-    # The other generative models (autoencoder, VAE variants, two-decoder VAE, GANs) as V at
-    # 64x64x3; a GAN has no encoder and says so when it is picked.
-    for name in generative_model_names():
-        register_vision_model(name)(lambda cfg, name=name: as_vision_model(build_generative(name, cfg)))

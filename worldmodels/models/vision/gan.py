@@ -26,9 +26,9 @@ from worldmodels.losses_generative import (
     gradient_penalty,
     wgan_critic_loss,
 )
+from worldmodels.models.train_state import TrainState
 from worldmodels.models.vision.generative import GenerativeModel, register_generative
 from worldmodels.models.vision.nets import Critic, arch_for, make_decoder
-from worldmodels.train.common import TrainState
 
 
 def build_gan(name: str, cfg: VisionConfig, image_shape, wasserstein: bool) -> GenerativeModel:

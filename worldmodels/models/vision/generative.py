@@ -3,7 +3,8 @@
 `GenerativeModel` is the full interface (any H x W x C, auxiliary classifier features, paired
 batches, two optimizers); `as_vision_model` narrows one with an encoder to the pipeline's
 `VisionModel` at 64x64x3. Builders are registered twice: here by name for any image shape
-(`build_generative`), and in the vision-model registry for V (`base._load_builtin_models`).
+(`build_generative`), and in the vision-model registry for V (the package's `__init__`,
+which imports every implementation, so both registries are full once the package is imported).
 
 Train steps are `train_step(state, batch, key) -> (state, metrics)` on float images in [0, 1]
 (a pair `(x_a, x_b)` for paired models); parameters a model keeps frozen get zero updates.
@@ -21,9 +22,9 @@ import optax
 
 from worldmodels.config import VisionConfig
 from worldmodels.errors import ConfigError
+from worldmodels.models.train_state import TrainState
 from worldmodels.models.vision.base import VisionModel
 from worldmodels.models.vision.nets import PAPER_SHAPE
-from worldmodels.train.common import TrainState
 
 Params = Any
 Batch = Any
@@ -73,12 +74,7 @@ def register_generative(name: str):
     return wrap
 
 
-def _load() -> None:
-    from worldmodels.models.vision import gan, two_decoder, variants  # noqa: F401
-
-
 def generative_model_names() -> list[str]:
-    _load()
     return sorted(_BUILDERS)
 
 
@@ -87,7 +83,6 @@ def build_generative(name: str, cfg: VisionConfig, image_shape: tuple[int, int, 
     """A generative model by name for images of `image_shape`. With `aux_classifier`, the
     perceptual and combined models take their conv features from a classifier
     (`with_classifier`); without, they use the label-free proxy described in `variants`."""
-    _load()
     if name not in _BUILDERS:
         raise ConfigError(f"unknown generative model '{name}'; valid: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[name](cfg, tuple(image_shape), aux_classifier)

@@ -98,7 +98,8 @@ from flax.linen.dtypes import promote_dtype
 from flax.linen.module import Module, compact
 from jax import lax
 
-__all__ = ["CPU_COMPILER_OPTIONS", "XLA_CPU_FLAGS", "Conv", "ConvTranspose", "conv2d", "conv_transpose2d"]
+__all__ = ["CPU_COMPILER_OPTIONS", "XLA_CPU_FLAGS", "Conv", "ConvTranspose", "conv2d", "conv_compiler_options",
+           "conv_transpose2d"]
 
 #: XLA flag string for the process entry point: YNNPACK keeps dots and reductions, convolutions go
 #: to Eigen.
@@ -107,6 +108,15 @@ XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
+
+
+def conv_compiler_options() -> dict[str, str]:
+    """Per-computation XLA options for jits that run V's convolutions: on CPU, keep YNNPACK for
+    dots and reductions but leave convolutions to Eigen (1.5-7x faster for V's shapes)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return dict(CPU_COMPILER_OPTIONS)
+
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _WGRAD_CHUNK_ELEMS = 2 * 1024 * 1024  # im2col elements per scan step of the ConvTranspose kernel gradient
