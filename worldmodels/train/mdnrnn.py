@@ -33,13 +33,26 @@ from worldmodels.errors import CheckpointError, ConfigError, DataError
 from worldmodels.losses import binary_cross_entropy_with_logits, masked_mean, mdn_log_likelihood
 from worldmodels.models.mdnrnn import MDNRNN, LSTMState, mixture_mean
 from worldmodels.train.common import MetricsLog, TrainState, init_train_state
+from worldmodels.world_model import (  # noqa: F401  (loading lives with the world model; re-exported)
+    LATER_FIELDS,
+    REWARD_HEADS,
+    check_mdnrnn_meta,
+    init_params,
+    load_mdnrnn,
+    load_mdnrnn_with_meta,
+    make_module,
+    mdnrnn_meta,
+    trained_on_mu,
+)
+from worldmodels.world_model import MDNRNN_ARCHITECTURE_FIELDS as ARCHITECTURE_FIELDS  # noqa: F401
 
-ARCHITECTURE_FIELDS = ("hidden", "mixtures", "prev_reward_input", "reward_head", "done_head",
-                       "min_log_sigma", "max_log_sigma", "predict_delta")
-LATER_FIELDS = {"predict_delta": False}
-"""Architecture fields added after checkpoints were written: their value in those checkpoints."""
 METRIC_COLUMNS = ("step", "loss", "z_nll", "reward_loss", "done_loss", "seq_per_s", "wall_s")
-REWARD_HEADS = ("binary", "regression", "none")
+HELDOUT_COLUMNS = ("step", "wall_s", "heldout_z_nll", "heldout_next_z_mse", "heldout_copy_z_mse",
+                   "heldout_reward_accuracy", "heldout_reward_auc", "heldout_reward_mse",
+                   "heldout_episode_done_recall", "heldout_episode_done_false_rate", "heldout_done_recall_at_1pct",
+                   "heldout_done_auc", "heldout_done_ece", "heldout_done_p_at_death", "heldout_done_recall",
+                   "heldout_done_false_rate")
+"""mdnrnn/heldout.csv (with `mdnrnn.eval_every`): the held-out learning curve."""
 
 
 @dataclass(frozen=True)
@@ -100,15 +113,6 @@ class SeriesData:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("mu", "logvar", "action", "reward", "done",
                                                "episode_start", "episode_end")}
-
-
-def make_module(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> MDNRNN:
-    if cfg.reward_head not in REWARD_HEADS:
-        raise ConfigError(f"unknown mdnrnn.reward_head '{cfg.reward_head}'; valid: {', '.join(REWARD_HEADS)}")
-    return MDNRNN(latent_dim=latent_dim, action_dim=action_dim, hidden=cfg.hidden, mixtures=cfg.mixtures,
-                  prev_reward_input=cfg.prev_reward_input, reward_head=cfg.reward_head,
-                  done_head=cfg.done_head, min_log_sigma=cfg.min_log_sigma, max_log_sigma=cfg.max_log_sigma,
-                  predict_delta=cfg.predict_delta)
 
 
 def gather_batch(data: dict[str, jax.Array], starts: jax.Array, seq_len: int, key: jax.Array | None,
@@ -241,56 +245,6 @@ class Lanes:
             self.episode[j], self.offset[j] = self._draw(j, int(self.count[j])), 0
 
 
-def mdnrnn_meta(cfg: MDNRNNConfig, latent_dim: int, action_dim: int) -> dict[str, Any]:
-    # sample_z is not architecture (an M trained on draws can be fine-tuned on mu): it is kept
-    # so the dream knows where this M's episodes start (`trained_on_mu`).
-    return {"mdnrnn": {f: getattr(cfg, f) for f in ARCHITECTURE_FIELDS},
-            "latent_dim": latent_dim, "action_dim": action_dim, "sample_z": cfg.sample_z}
-
-
-def check_mdnrnn_meta(meta: dict[str, Any], cfg: MDNRNNConfig, latent_dim: int, action_dim: int, path):
-    want = mdnrnn_meta(cfg, latent_dim, action_dim)
-    for key in ("latent_dim", "action_dim"):
-        if meta.get(key) != want[key]:
-            raise CheckpointError(f"{path} was trained for {key}={meta.get(key)}, the series has "
-                                  f"{want[key]}: it belongs to another V; use another RUN=")
-    for name, value in want["mdnrnn"].items():
-        if meta.get("mdnrnn", {}).get(name, LATER_FIELDS.get(name)) != value:
-            raise CheckpointError(f"{path} was trained with mdnrnn.{name}={meta['mdnrnn'].get(name)!r}, "
-                                  f"the config says {value!r}; use a matching config or another RUN=")
-
-
-def trained_on_mu(meta: dict[str, Any]) -> bool | None:
-    """Whether an M's checkpoint meta says it was last trained on mu (mdnrnn.sample_z false);
-    None when the checkpoint predates the record (then the config's sample_z decides)."""
-    sample_z = meta.get("sample_z")
-    return None if sample_z is None else not sample_z
-
-
-def load_mdnrnn(folder: str | Path, cfg: MDNRNNConfig, latent_dim: int, action_dim: int):
-    """(module, params) of a trained M from an `mdnrnn/` folder."""
-    return load_mdnrnn_with_meta(folder, cfg, latent_dim, action_dim)[:2]
-
-
-def load_mdnrnn_with_meta(folder: str | Path, cfg: MDNRNNConfig, latent_dim: int, action_dim: int):
-    """(module, params, checkpoint meta) of a trained M from an `mdnrnn/` folder."""
-    path = Path(folder) / "params.msgpack"
-    if not path.exists():
-        raise CheckpointError(f"no trained M at {path}; run `make train-rnn` first")
-    meta = read_checkpoint_meta(path)
-    check_mdnrnn_meta(meta, cfg, latent_dim, action_dim, path)
-    module = make_module(cfg, latent_dim, action_dim)
-    target = jax.eval_shape(lambda k: init_params(module, k), jax.random.key(0))
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
-    params, _ = load_checkpoint(path, target)
-    return module, params, meta
-
-
-def init_params(module: MDNRNN, key: jax.Array):
-    x = jnp.zeros((1, 1, module.input_dim), jnp.float32)
-    return module.init(key, x)["params"]
-
-
 def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesData,
                       windows: int = 64, seed: int = 0) -> dict[str, float]:
     """One-step prediction quality on held-out windows (z = mu, no sampling): the mixture's
@@ -336,12 +290,16 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
             result["deaths"] = jnp.sum(death)
             result["heldout_episode_done_recall"] = masked_mean(fired, death)
             result["heldout_episode_done_false_rate"] = masked_mean(fired, ~death & batch["mask"])
+            result["done_scores"] = (out.done, death, batch["mask"])  # for the AUC and calibration below
         return result
 
     arrays = jax.tree.map(jnp.asarray, data.arrays())
     result = run(params, arrays, jnp.asarray(starts))
     scores = result.pop("reward_scores", None)
+    done_scores = result.pop("done_scores", None)
     result = {k: float(v) for k, v in result.items()}
+    if done_scores is not None and result.get("deaths", 0) > 0:
+        result.update(done_quality(*(np.asarray(a) for a in done_scores)))
     if scores is not None:
         # Accuracy rewards predicting "no reward" everywhere when rewards are rare (CarRacing's
         # random rollouts: 1.4 % of steps); the AUC says whether the head ranks rewarded steps
@@ -362,6 +320,26 @@ def evaluate_one_step(module: MDNRNN, cfg: MDNRNNConfig, params, data: SeriesDat
         result["heldout_done_recall"] = float(jnp.mean(done[:, -1]))
         result["heldout_done_false_rate"] = float(jnp.mean(done[:, :-1]))
     return result
+
+
+def done_quality(logit: np.ndarray, death: np.ndarray, mask: np.ndarray,
+                 false_alarm: float = 0.01, bins: int = 10) -> dict[str, float]:
+    """How well P(done) tells deaths from the other steps of whole held-out episodes: AUC, the
+    recall of deaths at the threshold that fires on `false_alarm` of the other steps (a
+    threshold-free recall, comparable between Ms), and calibration: the expected calibration
+    error over `bins` bins of P(done) and the mean P(done) at deaths."""
+    logit, death = logit[mask], death[mask]
+    p = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
+    threshold = np.quantile(logit[~death], 1.0 - false_alarm) if (~death).any() else np.inf
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    ece = sum(abs(p[edges == b].mean() - death[edges == b].mean()) * np.mean(edges == b)
+              for b in range(bins) if np.any(edges == b))
+    out = {"heldout_done_recall_at_1pct": float(np.mean(logit[death] > threshold)),
+           "heldout_done_ece": float(ece), "heldout_done_p_at_death": float(p[death].mean())}
+    auc = rank_auc(logit, death)
+    if auc is not None:
+        out["heldout_done_auc"] = auc
+    return out
 
 
 def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -462,8 +440,13 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
     key = jax.random.key(cfg.seed + 1)
     meta = mdnrnn_meta(cfg, data.latent_dim, data.action_dim)
 
+    heldout = SeriesData.load(heldout_paths) if heldout_paths else data
+    heldout_log = MetricsLog(out / "heldout.csv", HELDOUT_COLUMNS, resume_step=step)
+
     def checkpoint():
         log.write()  # before the checkpoint, as in train_vision: a kill between loses no rows
+        if cfg.eval_every:
+            heldout_log.write()
         tree = {"train": state, "carry": carry} if cfg.carry_state else state
         save_checkpoint(ckpt_path, jax.device_get(tree), {**meta, "step": step})
 
@@ -501,7 +484,10 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
                     progress_fn(row)
             if bar is not None:
                 bar.update(1)
-            if step % cfg.checkpoint_every == 0:
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                heldout_log.append({"step": step, "wall_s": time.perf_counter() - start,
+                                    **evaluate_one_step(module, cfg, state.params, heldout, cfg.eval_windows)})
+            if step % cfg.checkpoint_every == 0 or (cfg.eval_every and step % cfg.eval_every == 0):
                 checkpoint()
         checkpoint()
     finally:
@@ -510,27 +496,33 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
 
     params = jax.device_get(state.params)
     save_checkpoint(out / "params.msgpack", params, {**meta, "step": step})
-    heldout = SeriesData.load(heldout_paths) if heldout_paths else data
     summary = {"steps": step, "train_episodes": len(train_paths), "heldout_episodes": len(heldout_paths),
                "train_seconds_this_run": time.perf_counter() - start,
                **evaluate_one_step(module, cfg, params, heldout)}
     if log.rows:
         summary["final_train_loss"] = log.rows[-1]["loss"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    save_mdnrnn_pictures(out, module, cfg, params, heldout, log.rows)
+    save_mdnrnn_pictures(out, module, cfg, params, heldout, log.rows, heldout_log.rows)
     if (run / "vision" / "params.msgpack").exists():
         save_dream_video(run, config, module, params, heldout_paths or train_paths)
     return summary
 
 
 def save_mdnrnn_pictures(out: Path, module: MDNRNN, cfg: MDNRNNConfig, params, heldout: SeriesData,
-                         rows) -> None:
-    """curves.png and reward.png (predicted vs actual reward along a held-out episode)."""
+                         rows, heldout_rows=()) -> None:
+    """curves.png, heldout.png (the held-out learning curve, with `eval_every`) and reward.png
+    (predicted vs actual reward along a held-out episode)."""
     from worldmodels.viz.plots import plot_curves, plot_series
 
     if rows:
         plot_curves(out / "curves.png", rows, x="step",
                     panels=[["loss", "z_nll"], ["reward_loss", "done_loss"]], title="M training")
+    if heldout_rows:
+        plot_curves(out / "heldout.png", heldout_rows, x="step",
+                    panels=[["heldout_z_nll"], ["heldout_next_z_mse", "heldout_copy_z_mse"],
+                            ["heldout_done_recall_at_1pct", "heldout_episode_done_recall", "heldout_done_auc",
+                             "heldout_reward_auc"], ["heldout_done_ece"]],
+                    title="M on held-out episodes")
     if cfg.reward_head == "none":
         return
     e = int(np.argmax(heldout.lengths))
@@ -552,8 +544,8 @@ def save_dream_video(run: Path, config: Config, module: MDNRNN, params, series_p
     from its first frame under the same actions, decoded by V (right / bottom)."""
     from worldmodels.data.episodes import load_episode
     from worldmodels.envs.dream import dream_with_actions
-    from worldmodels.train.vision import load_vision
     from worldmodels.viz.images import image_grid, save_png, save_video
+    from worldmodels.world_model import load_vision
 
     out = run / "mdnrnn"
     vision, vparams = load_vision(run / "vision", config.vision)
