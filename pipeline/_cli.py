@@ -14,10 +14,25 @@ from worldmodels.errors import WorldModelsError
 
 def parse_stage_args(description: str, argv: Sequence[str] | None = None,
                      extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                     sections: Sequence[str] = (),
                      ) -> tuple[Config, argparse.Namespace]:
-    """--config PRESET --run DIR [stage flags] [--section.field value ...]."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default="quick", help="preset: tiny, quick, default, paper")
+    """--config PRESET --run DIR [stage flags] [--section.field value ...].
+
+    `--help` lists the presets and every field of the stage's config `sections`, with its
+    docstring and the value under the chosen preset (`--config doom-quick --help`)."""
+    from worldmodels.config import PRESET_SUMMARY, PRESETS, describe_sections
+
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config", default="quick")
+    preset = first.parse_known_args(argv)[0].config
+    width = max(map(len, PRESETS))
+    epilog = ["presets (--config):"] + [f"  {name:<{width}}  {PRESET_SUMMARY.get(name, '')}" for name in PRESETS]
+    if sections and preset in PRESETS:
+        epilog += ["", describe_sections(get_config(preset), sections)]
+    epilog += ["", "Any field of any section can be set: --section.field value (see worldmodels/config.py)."]
+    parser = argparse.ArgumentParser(description=description, epilog="\n".join(epilog),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="quick", help=f"preset: {', '.join(PRESETS)} (default quick)")
     parser.add_argument("--run", default=None, help="run directory (default runs/<preset>)")
     if extra is not None:
         extra(parser)

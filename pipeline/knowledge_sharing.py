@@ -15,7 +15,7 @@ def add_flags(parser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    config, args = parse_stage_args(__doc__, argv, extra=add_flags)
+    config, args = parse_stage_args(__doc__, argv, extra=add_flags, sections=("sharing",))
     from dataclasses import replace
 
     from worldmodels.experiments.common import experiment_dir

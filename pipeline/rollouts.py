@@ -10,7 +10,7 @@ from worldmodels.run_dir import prepare_stage_dir
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    config, args = parse_stage_args(__doc__, argv)
+    config, args = parse_stage_args(__doc__, argv, sections=("env", "rollouts"))
     folder = prepare_stage_dir(args.run, "rollouts", config, sections=("env", "rollouts"),
                                free_fields=("rollouts.episodes", "rollouts.workers"))
     summary = collect_rollouts(config, folder)

@@ -7,18 +7,16 @@ from collections.abc import Sequence
 
 from pipeline._cli import configure_host_devices, main_wrapper, parse_stage_args
 from worldmodels.data.atomic import remove_stale_temporaries
-from worldmodels.run_dir import prepare_stage_dir
-
-FREE_FIELDS = ("vision.epochs", "vision.max_steps", "vision.devices", "vision.layers",
-               "vision.chunk_frames", "vision.checkpoint_every", "vision.log_every")
+from worldmodels.run_dir import FREE_FIELDS, prepare_stage_dir
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    config, args = parse_stage_args(__doc__, argv)
+    config, args = parse_stage_args(__doc__, argv, sections=("env", "vision"))
     configure_host_devices(config.vision.devices)
     from worldmodels.train.vision import train_vision
 
-    folder = prepare_stage_dir(args.run, "vision", config, sections=("env", "vision"), free_fields=FREE_FIELDS)
+    folder = prepare_stage_dir(args.run, "vision", config, sections=("env", "vision"),
+                               free_fields=FREE_FIELDS["vision"])
     remove_stale_temporaries(folder)  # left by a killed run; never read
     summary = train_vision(config, args.run)
     print("train-vae: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v

@@ -6,11 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline._cli import main_wrapper, parse_stage_args
-from pipeline.knowledge_sharing import add_flags
+
+
+def add_flags(parser) -> None:
+    parser.add_argument("--data", default=None,
+                        help="MNIST/FashionMNIST IDX folder or file (optionally .gz) or a Keras mnist.npz; "
+                             "default: scikit-learn's digits (same as --sharing.data)")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    config, args = parse_stage_args(__doc__, argv, extra=add_flags)
+    config, args = parse_stage_args(__doc__, argv, extra=add_flags, sections=("sharing",))
     from dataclasses import replace
 
     from worldmodels.experiments.common import experiment_dir

@@ -52,3 +52,53 @@ def test_unknown_preset_lists_valid_ones():
 
 def test_parse_overrides():
     assert parse_overrides(["--a.b", "1", "--c.d=x=y"]) == [("a.b", "1"), ("c.d", "x=y")]
+
+
+def test_every_preset_has_a_summary():
+    from worldmodels.config import PRESET_SUMMARY
+
+    assert list(PRESET_SUMMARY) == list(PRESETS)
+
+
+def test_make_help_lists_every_target_and_preset():
+    import re
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    makefile = (ROOT / "Makefile").read_text()
+    phony = {t for line in re.findall(r"^\.PHONY:(.*)$", makefile, re.M) for t in line.split()}
+    listed = set(re.findall(r"^  ([a-z][a-z-]*) ", out, re.M))
+    assert phony <= listed, phony - listed
+    for preset in PRESETS:
+        assert preset in out
+    for variable in ("CONFIG", "RUN", "AGENT", "EPISODES", "SEED", "ARGS", "RAY_ADDRESS"):
+        assert f"  {variable}=" in out or f" {variable}=" in out, variable
+
+
+@pytest.mark.parametrize("stage, section", [("rollouts", "rollouts"), ("train_vae", "vision"),
+                                            ("train_rnn", "mdnrnn"), ("train_controller", "controller"),
+                                            ("evaluate", "eval"), ("iterate", "iterate")])
+def test_stage_help_lists_fields_docs_and_preset_values(stage, section, capsys):
+    import dataclasses
+    import importlib
+
+    from worldmodels.config import PRESET_SUMMARY, field_docs
+
+    module = importlib.import_module(f"pipeline.{stage}")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--config", "doom-quick", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    part = getattr(get_config("doom-quick"), section)
+    docs = field_docs(type(part))
+    for f in dataclasses.fields(part):
+        value = getattr(part, f.name)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        assert f"  --{section}.{f.name} {shown}\n" in out, f.name
+    for name, doc in docs.items():  # every field is documented, and its docstring shown
+        assert doc and doc[:60] in " ".join(out.split()), name
+    for name, summary in PRESET_SUMMARY.items():
+        assert f"{name}" in out and summary in out

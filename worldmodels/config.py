@@ -98,7 +98,9 @@ class VisionConfig:
     gradient_penalty: float = 10.0
     """'wgan-gp': weight of the gradient penalty."""
     learning_rate: float = 1e-4
+    """Adam step size."""
     batch_size: int = 100
+    """Frames per train step."""
     epochs: int = 10
     """Passes over the training episodes (the paper: 1, its code: 10)."""
     max_steps: int = 0
@@ -117,6 +119,7 @@ class VisionConfig:
     log_every: int = 20
     """Train steps between rows of metrics.csv."""
     seed: int = 0
+    """Initialisation, shuffling and the train/held-out split."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,9 @@ class MDNRNNConfig:
     will see. M's checkpoint records it, and an M trained on mu dreams from mu (checkpoints
     from before that record follow this field in `train-controller`)."""
     reward_weight: float = 1.0
+    """Weight of the reward head's loss beside the mixture's NLL."""
     done_weight: float = 1.0
+    """Weight of the done head's loss (Doom: 10, deaths are rare in the windows)."""
     end_windows: float = 0.0
     """Share of each batch's windows that end at an episode's terminal step. A uniform window
     holds an episode's one done = 1 only if it ends there (Doom: about 1 window in 100), so the
@@ -174,22 +179,35 @@ class MDNRNNConfig:
     min_log_sigma: float = -5.0
     """Bounds on each component's log sigma, so the likelihood stays finite."""
     max_log_sigma: float = 2.0
+    """Upper bound on log sigma (see min_log_sigma)."""
     seq_len: int = 100
     """Steps per training sequence (the original: 999)."""
     batch_size: int = 100
+    """Sequences per train step."""
     learning_rate: float = 1e-3
+    """Adam step size."""
     grad_clip: float = 1.0
+    """Global gradient-norm clip."""
     steps: int = 4000
     """Train steps in all."""
     holdout_fraction: float = 0.05
+    """Share of episodes kept out of training for the held-out scores."""
     checkpoint_every: int = 500
+    """Train steps between checkpoints (resumable)."""
     log_every: int = 50
+    """Train steps between rows of metrics.csv."""
+    eval_every: int = 0
+    """Train steps between held-out evaluations (one-step NLL, next-z MSE, done recall, AUC and
+    calibration), rows of mdnrnn/heldout.csv and its learning-curve plot; 0 = only at the end."""
+    eval_windows: int = 64
+    """Held-out windows (or whole episodes) each evaluation scores."""
     temperature: float = 1.0
     """tau for sampling (logits / tau, sigma * sqrt(tau)): dreams and the dream video."""
     init_from: str = ""
     """Start from this M (an mdnrnn params.msgpack) instead of a random one, with a fresh
     optimiser: `make iterate` retrains the previous round's M on the grown data."""
     seed: int = 0
+    """Initialisation, window sampling and the train/held-out split."""
 
 
 @dataclass(frozen=True)
@@ -206,14 +224,17 @@ class ControllerConfig:
     dream: bool = False
     """Evolve C inside M's dream instead of the real environment (`DREAM=1`)."""
     population: int = 64
+    """CMA-ES candidates per generation (the paper: 64)."""
     rollouts: int = 16
     """Episodes per candidate; fitness = their mean return (every candidate sees the same
     track seeds in a generation)."""
     sigma0: float = 0.1
+    """CMA-ES's initial step size."""
     init_from: str = ""
     """Start the search at this controller (a .msgpack, e.g. a dream-trained best.msgpack)
     instead of at zero: "dream then real"."""
     generations: int = 100
+    """CMA-ES generations in all (a rerun continues to this count)."""
     max_steps: int = 1000
     """Episode cap in the real environment."""
     stall_steps: int = 0
@@ -247,6 +268,7 @@ class ControllerConfig:
     eval_every: int = 5
     """Generations between real-environment evaluations of the best candidate."""
     eval_episodes: int = 8
+    """Episodes of each periodic check of the best candidate (the paper: 1,024 every 25 generations)."""
     checks: str = "real"
     """Where those periodic checks (which pick best.msgpack) run: 'real' (train_id), or 'dream'
     (M's dream on fixed keys; with `dream`, C never sees the real game before evaluation)."""
@@ -256,12 +278,13 @@ class ControllerConfig:
     c still come from the run's own M. C learns to exploit the errors of the M it trains in,
     not those of an M trained apart (another `mdnrnn.seed` on the same data), so the held-out
     dream's pick is one C has not fitted to (on CarRacing it did not pick better for the game:
-    docs/experiments/carracing.md, held-out Ms). () = the checks dream where C trains."""
+    docs/carracing.md, held-out Ms). () = the checks dream where C trains."""
     workers: int = 0
     """Ray tasks in flight for real-env episodes; 0 = every CPU Ray offers."""
     episode_timeout: float = 900.0
     """Seconds a worker's batch of episodes may take before it is cancelled and rerun."""
     seed: int = 0
+    """CMA-ES's sampling and the episodes' env seeds."""
 
 
 @dataclass(frozen=True)
@@ -269,9 +292,11 @@ class EvalConfig:
     """`make evaluate`: scoring an agent in gymnasium's own environment."""
 
     episodes: int = 100
+    """Episodes scored (the paper: 100)."""
     seed: int = 0
     """Episode i runs on env seed `seed + i`."""
     max_steps: int = 1000
+    """Episode cap (CarRacing-v3 itself ends at 1,000; Doom at 2,100)."""
     videos: bool = True
     """Record the best and the worst episode (replayed; the agent is deterministic)."""
 
@@ -319,19 +344,26 @@ class SharingConfig:
     seeds: int = 10
     """Repetitions (class split, initialisations, samples); tables give mean +- std over them."""
     seed: int = 0
+    """Base seed of the repetitions."""
     split: tuple[int, ...] = ()
     """Classes of the first network (the second gets the rest); () = a random half per seed."""
     channels: tuple[int, ...] = (16, 32, 32, 32)
     """Filters of the 4 conv layers (kernel 3, strides 1/2/2/1) of classifiers, encoders and,
     mirrored, decoders."""
     latent_dim: int = 8
+    """The VAEs' z size."""
     batch_size: int = 64
+    """Images per train step."""
     learning_rate: float = 1e-3
+    """Adam step size."""
     classifier_epochs: int = 30
+    """Epochs of each half's classifier."""
     vae_epochs: int = 60
+    """Epochs of each half's generative model."""
     finetune_epochs: int = 20
     """Passes over the merged generated set (a selected subset gets as many steps as the whole set)."""
     finetune_learning_rate: float = 5e-4
+    """Adam step size while fine-tuning on the merged generated set."""
     samples_per_class: int = 400
     """Images each generative model generates per class of its half (the source: 5,000)."""
     selection_threshold: float = 0.9
@@ -339,7 +371,9 @@ class SharingConfig:
     reconstruction: str = "bce"
     """'mse' or 'bce' (summed per image)."""
     perceptual_weight: float = 1.0
+    """'perceptual-vae' / 'combined-vae': weight of the perceptual term."""
     kl_weight: float = 1.0
+    """Weight of the KL term (beta)."""
 
 
 @dataclass(frozen=True)
@@ -354,16 +388,23 @@ class DistillConfig:
     """Teacher domain of experiment 4 (MNIST in the source); '' = a transformed copy of the
     student's domain (each image rotated 90 degrees and its intensities inverted)."""
     image_size: int = 16
+    """Side the 8x8 digits are resized to; MNIST-format files keep their own."""
     small_size: int = 100
     """Images in the Small split (the student's); the rest of train is Big (the teacher's)."""
     seeds: int = 3
     """Student runs per arm (curves are the mean over them)."""
     seed: int = 0
+    """Base seed of the student runs."""
     channels: tuple[int, ...] = (16, 32, 32, 32)
+    """Filters of the 4 conv layers of teacher and student."""
     batch_size: int = 32
+    """Images per train step."""
     learning_rate: float = 1e-3
+    """Adam step size."""
     teacher_epochs: int = 20
+    """Epochs of the teacher on the Big split."""
     student_epochs: int = 40
+    """Epochs of each student on the Small split."""
     temperature: float = 4.0
     """T in f = softmax(v / T) and g = softmax(z / T) (training and the reported cross-entropy). At
     T = 1 the teacher's probabilities on the student's images are nearly its hard labels and
@@ -373,6 +414,7 @@ class DistillConfig:
     noise_std: float = 0.1
     """phi of experiment 2: Gaussian noise N(0, noise_std) on the teacher's inputs."""
     vae_latent_dim: int = 16
+    """z size of experiment 4's two-decoder VAE."""
     vae_epochs: int = 200
     """Epochs of the two-decoder VAE (phi of experiment 4) over the Small split's pairs."""
     experiments: tuple[str, ...] = ("identity", "noise", "dilated", "two-decoder")
@@ -451,12 +493,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # CarRacing's C trained only in the dream from random-policy data (issue 5's dream-only target; the
-# docs/experiments/carracing.md, session 16): Brownian episodes alone never show the car driving fast
+# docs/carracing.md, 2026-12-02): Brownian episodes alone never show the car driving fast
 # or steering at speed, so M's dream has nothing to pay a driving C for. One folder cycles through
 # four random policies (per 23 episodes: 5 Brownian, 10 `steady` = nearly straight at gas ~0.5,
 # 4 Brownian with gas <= 0.3 and a brake walk in [-2, 0.5], 4 with that brake walk and gas up to 1);
 # C trains strictly in M's dream (checks in the dream too) and meets the game in `make evaluate`.
-# Session 17: `make all` 65 min with 20 generations -> 234.7 +- 79.2 over 100 episodes; 40 generations
+# 2026-12-02: `make all` 65 min with 20 generations -> 234.7 +- 79.2 over 100 episodes; 40 generations
 # (the first 20 identical) keep generation 30's C -> 517.7 +- 174.0; 80 keep generation 70's, no better.
 PRESETS["carracing-dream"] = {
     "rollouts": {"episodes": 2300, "max_steps": 1000,
@@ -476,7 +518,7 @@ PRESETS["carracing-dream"] = {
 # a Brownian walk of the action (it reaches the walls, which hold-5 random play almost never
 # does, so M learns what happens there), and a dreamed death is drawn from M's P(done) at each
 # step rather than waiting for P(done) > 0.5 (M's done head is calibrated, ~1 death per held-out
-# episode, but passes 0.5 at only ~40 % of deaths): see docs/experiments/doom.md, *How we got here*.
+# episode, but passes 0.5 at only ~40 % of deaths): see docs/doom.md, *How we got here*.
 _DOOM_ENV = {"name": "doom", "train_id": "VizdoomTakeCover-v1", "eval_id": "VizdoomTakeCover-v1"}
 _DOOM_ROLLOUTS = {"policy": "brownian", "brownian_dt": 0.03}
 _DOOM_M = {"reward_head": "none", "done_head": True}
@@ -507,8 +549,8 @@ PRESETS["doom-quick"] = {
 # The paper's sizes for M and C. M reads whole episodes from their first frame (start_windows 1.0,
 # seq_len 500 covers most: a dream starts at the reset too, and health and the place along the
 # wall are only known by integrating from there). `make all` measured on a quiet 2-core machine
-# (session 8): rollouts 8 min (2,000 Brownian episodes, ~340 frames each), V 10, series 6, M 16,
-# C 3 (12 generations: in session 7 a 30-generation search kept its generation-10 controller),
+# (2026-12-01): rollouts 8 min (2,000 Brownian episodes, ~340 frames each), V 10, series 6, M 16,
+# C 3 (12 generations: on 2026-12-01 a 30-generation search kept its generation-10 controller),
 # evaluate 2, sweep 16 (4 more searches + 5 x 100 dream and real episodes): 60 min in all.
 PRESETS["doom-default"] = {
     "env": _DOOM_ENV,
@@ -522,6 +564,53 @@ PRESETS["doom-default"] = {
     "sweep": {"temperatures": _DOOM_TAUS, "dream_episodes": 100, "real_episodes": 100},
     "iterate": {"episodes": 1000, "explore": 0.1, "rnn_steps": 1000},
 }
+
+
+PRESET_SUMMARY: dict[str, str] = {
+    "tiny": "seconds: the smallest models, used by every test",
+    "quick": "CarRacing, the whole pipeline in minutes on a laptop-class CPU",
+    "default": "CarRacing, hours on a 2-core machine (2,000 rollouts of 1,000 steps)",
+    "paper": "CarRacing at the paper's sizes (10,000 rollouts): for a Ray cluster",
+    "carracing-dream": "CarRacing with C trained only in M's dream, from four random policies' data",
+    "doom-tiny": "DoomTakeCover at the tiny sizes (tests)",
+    "doom-quick": "DoomTakeCover, every stage in minutes; C in the dream",
+    "doom-default": "DoomTakeCover at the paper's sizes for M and C, C in the dream (about an hour here)",
+}
+"""One line per preset, for `--help` and `make help` (a test keeps it in step with PRESETS)."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """A config dataclass's field -> the docstring under it in this file's source ('' if none)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:] + [None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            text = ""
+            if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                text = " ".join(after.value.value.split())
+            docs[node.target.id] = text
+    return docs
+
+
+def describe_sections(config: Config, sections: typing.Sequence[str]) -> str:
+    """The fields of `sections` with their docstrings and `config`'s values, for `--help`."""
+    lines = []
+    for section in sections:
+        part = getattr(config, section)
+        lines.append(f"--{section}.FIELD (values of preset '{config.preset}'):")
+        docs = field_docs(type(part))
+        for f in fields(part):
+            value = getattr(part, f.name)
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            lines.append(f"  --{section}.{f.name} {shown!s}")
+            if docs.get(f.name):
+                lines.append(f"      {docs[f.name]}")
+    return "\n".join(lines)
 
 
 def get_config(preset: str, overrides: typing.Sequence[str] = ()) -> Config:
