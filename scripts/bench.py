@@ -4,7 +4,7 @@ Ratios are measured side by side in one run (this machine is shared and noisy): 
 things compared alternate in blocks and their times are summed.
 
     python -m scripts.bench                # every group
-    python -m scripts.bench --only env     # some groups: env, rollout, cluster, ...
+    python -m scripts.bench --only env     # some groups: env, rollout, cluster, play, ...
 """
 
 from __future__ import annotations
@@ -326,10 +326,11 @@ def agent_steps_per_s(envs: int = 16, steps: int = 300) -> float:
     Meant to run in a process pinned to one core with one XLA thread (see `bench_agent`)."""
     import jax
 
+    from worldmodels.agent import make_agent_step, run_episodes
     from worldmodels.config import get_config
     from worldmodels.models.vision import get_vision_model
-    from worldmodels.rollout.agent import WorldModel, make_agent_step, run_episodes
     from worldmodels.train.mdnrnn import init_params, make_module
+    from worldmodels.world_model import WorldModel
 
     config = get_config("default")
     vision = get_vision_model(config.vision)
@@ -425,6 +426,57 @@ def bench_vae_memory() -> Iterator[Figure]:
     yield "vae_peak_rss_mb", rss_train, "MB"
 
 
+def play_fps(agent: str = "agents/carracing", seconds: float = 5.0, fps: float = 0.0) -> float:
+    """Frames per second a WebSocket client receives from `make play`'s server (a subprocess
+    on a free loopback port, as a user starts it) driving the dream with the gas held."""
+    import asyncio
+    import select
+    import signal
+    import subprocess
+
+    import aiohttp
+
+    command = [sys.executable, "-m", "pipeline.play", "--agent", agent, "--port", "0"]
+    server = subprocess.Popen(command + (["--fps", str(fps)] if fps else []), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 300)
+        line = server.stdout.readline() if ready else ""
+        if not line.startswith("play: http://"):
+            raise RuntimeError(f"make play did not start: {line!r}")
+        url = line.split()[1] + "ws"
+
+        async def count() -> float:
+            async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+                await ws.send_str('{"type": "keys", "up": true}')
+                frames, start, warm = 0, time.perf_counter(), 1.0  # the first second is not counted
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        continue
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= warm:
+                        frames += 1
+                    if elapsed >= warm + seconds:
+                        return frames / (elapsed - warm)
+                raise RuntimeError("the play server closed the connection")
+
+        return asyncio.run(count())
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def bench_play() -> Iterator[Figure]:
+    """`make play AGENT=agents/carracing` driving the dream: frames delivered per second at the
+    env's pace (50 for CarRacing; target >= 30), and unthrottled (logged: the headroom)."""
+    rate = play_fps()
+    log(f"play: {play_fps(fps=240):.1f} frames/s with --fps 240, the fastest pace the server takes (one client)")
+    yield "play_dream_fps", rate, "frames/s"
+
+
 GROUPS: dict[str, Callable[[], Iterator[Figure]]] = {
     "env": bench_env,
     "rollout": bench_rollout,
@@ -434,6 +486,7 @@ GROUPS: dict[str, Callable[[], Iterator[Figure]]] = {
     "vae_memory": bench_vae_memory,
     "agent": bench_agent,
     "cluster": bench_cluster,
+    "play": bench_play,
 }
 
 
