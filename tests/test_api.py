@@ -69,6 +69,15 @@ def test_api_loop_matches_make_evaluate(tiny_agent, tmp_path):
                   "--eval.episodes", str(episodes), "--eval.seed", str(seed), "--eval.videos", "false",
                   "--workers", str(workers))
     assert _scores(out[1] / "scores.csv") == _scores(out[2] / "scores.csv")
+    assert (out[1] / "scores.csv").read_text() == (out[2] / "scores.csv").read_text()  # driving columns too
+    with (out[1] / "scores.csv").open() as f:  # how each episode drove
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert -1 <= float(row["mean_steer"]) <= 1 and 0 <= float(row["mean_gas"]) <= 1
+        assert 0 <= float(row["mean_brake"]) <= 1 and 0 <= float(row["saturated_steer"]) <= 1
+        assert 0 <= float(row["tiles"]) <= 1 and row["lap"] in ("0.0000", "1.0000")
+    driving = json.loads((out[1] / "summary.json").read_text())["driving"]
+    assert driving["mean_gas"] == pytest.approx(np.mean([float(r["mean_gas"]) for r in rows]), abs=1e-4)
     expected = [float(r) for _, r, _ in _scores(out[1] / "scores.csv")]
     cap = json.loads((out[1] / "summary.json").read_text())["max_steps"]
 

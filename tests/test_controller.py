@@ -358,3 +358,30 @@ def test_a_killed_worker_does_not_lose_the_generation(tiny_world):
     assert killed, "no episode worker was seen to kill"
     np.testing.assert_array_equal(disturbed["returns"], undisturbed["returns"])
     np.testing.assert_array_equal(disturbed["steps"], undisturbed["steps"])
+
+
+def test_action_maps():
+    """'original' brakes 0 at a neutral output (the original code's), 'squash' 0.5; Doom has one."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from worldmodels.config import get_config
+    from worldmodels.envs import controller_squash
+    from worldmodels.envs.carracing import original_action
+    from worldmodels.errors import ConfigError
+
+    config = get_config("tiny")
+    y = jnp.array([[0.0, 0.0, 0.0], [2.0, -1.0, -3.0], [-0.5, 3.0, 0.7]])
+    squash = np.asarray(controller_squash(config)(y))
+    np.testing.assert_allclose(squash[0], [0.0, 0.5, 0.5], atol=1e-6)
+    original = controller_squash(dataclasses.replace(config, controller=dataclasses.replace(
+        config.controller, action_map="original")))
+    out = np.asarray(original(y))
+    np.testing.assert_allclose(out[0], [0.0, 0.5, 0.0], atol=1e-6)
+    for row, got in zip(np.asarray(y), out, strict=True):  # the numpy reference the 'steady' policy uses
+        np.testing.assert_allclose(got, original_action(row), atol=1e-6)
+    assert (out[:, 2] >= 0).all() and (out[:, 2] <= 1).all() and out[1, 2] == 0.0
+    doom = get_config("doom-tiny", ["--controller.action_map", "original"])
+    with pytest.raises(ConfigError, match="action_map"):
+        controller_squash(doom)

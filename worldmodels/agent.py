@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldmodels.checkpoint import load_checkpoint
-from worldmodels.envs import get_env_module
+from worldmodels.envs import controller_squash, get_env_module
 from worldmodels.errors import CheckpointError, ConfigError
 from worldmodels.models.controller import controller_features, controller_output
 from worldmodels.world_model import WorldModel, load_agent_config, load_world_model, world_from_payload
@@ -38,6 +38,8 @@ AGENT_BATCH = 8
 """Rows of every compiled agent step: n envs run in ceil(n / 8) calls of exactly 8 rows."""
 AGENT_FORMAT = 1
 """agent.json's `format`: what `load_agent` reads (agents without the field are format 1)."""
+SATURATED = 0.9
+"""|action[0]| above this counts as a saturated action (CarRacing: full steering lock)."""
 
 
 def load_controller(folder: str | Path, world: WorldModel, name: str = "best.msgpack"):
@@ -66,7 +68,7 @@ def make_agent_step(world: WorldModel, block: int = AGENT_BATCH):
     from worldmodels.models.mdnrnn import MDNRNN, LSTMState
     from worldmodels.models.vision.layers import conv_compiler_options
 
-    squash = get_env_module(world.config.env.name).squash_action
+    squash = controller_squash(world.config)
     features = world.config.controller.features
     vision, module = world.vision, world.module
     vparams, rnn_params = world.vision_params, world.rnn_params
@@ -202,6 +204,9 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
         frames = np.stack([module.preprocess_frame(o, size) for o in obs])
         h = c = np.zeros((n, world.module.hidden), np.float32)
         returns, steps = np.zeros(n), np.zeros(n, np.int64)
+        action_sum = np.zeros((n, module.ACTION_DIM))  # how it drives: mean action, saturated share
+        saturated = np.zeros(n, np.int64)
+        extra = [{} for _ in range(n)]
         alive = np.ones(n, bool)
         since_reward = np.zeros(n, np.int64)
         recorded = [obs[record]] if record is not None else None
@@ -215,22 +220,34 @@ def run_episodes(world: WorldModel, step, controllers: list[dict], seeds: list[i
             h, c = h.copy(), c.copy()
             h[live], c[live] = h_live, c_live
             for j, i in enumerate(live):
-                o, r, terminated, truncated, _ = envs[i].step(actions[j].astype(np.float32))
+                a = actions[j].astype(np.float32)
+                o, r, terminated, truncated, info = envs[i].step(a)
                 returns[i] += r
                 steps[i] += 1
+                action_sum[i] += a
+                saturated[i] += abs(float(a[0])) > SATURATED
                 frames[i] = module.preprocess_frame(o, size)
                 if i == record:
                     recorded.append(o)
                 since_reward[i] = 0 if r > 0 else since_reward[i] + 1
                 if terminated or truncated or (stall_steps and since_reward[i] >= stall_steps):
                     alive[i] = False
+                    if hasattr(module, "episode_stats"):
+                        extra[i] = module.episode_stats(envs[i], info)
             if not alive.any():
                 break
         seconds = time.perf_counter() - start
+        for i in np.flatnonzero(alive):  # cut at max_steps
+            if hasattr(module, "episode_stats"):
+                extra[i] = module.episode_stats(envs[i], {})
     finally:
         for env in envs:
             env.close()
-    out = {"returns": returns, "steps": steps, "env_steps_per_s": steps.sum() / max(seconds, 1e-9)}
+    out = {"returns": returns, "steps": steps, "env_steps_per_s": steps.sum() / max(seconds, 1e-9),
+           "action_mean": (action_sum / np.maximum(steps, 1)[:, None]).astype(np.float32),
+           "saturated": (saturated / np.maximum(steps, 1)).astype(np.float32)}
+    for key in sorted({k for e in extra for k in e}):
+        out[f"stat_{key}"] = np.array([e.get(key, np.nan) for e in extra], np.float32)
     if record is not None:
         out["frames"] = np.stack(recorded)
     return out

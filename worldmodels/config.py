@@ -223,6 +223,11 @@ class ControllerConfig:
     bias makes "always hold one action" a single free direction for CMA-ES to find."""
     dream: bool = False
     """Evolve C inside M's dream instead of the real environment (`DREAM=1`)."""
+    action_map: str = "squash"
+    """CarRacing: how C's outputs become [steer, gas, brake]. 'squash': steer tanh, gas and
+    brake (tanh + 1) / 2 (a neutral output brakes 0.5, so the search first learns to lift the
+    brake); 'original': the original code's, brake clip(tanh, 0, 1) (a neutral output brakes 0).
+    Doom has one mapping ('squash')."""
     population: int = 64
     """CMA-ES candidates per generation (the paper: 64)."""
     rollouts: int = 16

@@ -65,11 +65,13 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
         "solved_threshold": solved, "solved": bool(returns.mean() >= solved and cfg.episodes >= 100),
         "seconds": time.perf_counter() - start, "env_steps_per_s": float(result["env_steps_per_s"]),
     }
+    driving = driving_columns(result, env_module)
+    summary["driving"] = {name: float(np.nanmean(values)) for name, values in driving.items()}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["episode", "seed", "return", "steps"])
+    writer.writerow(["episode", "seed", "return", "steps", *driving])
     for i, (s, r, n) in enumerate(zip(seeds, returns, steps, strict=True)):
-        writer.writerow([i, int(s), f"{r:.3f}", int(n)])
+        writer.writerow([i, int(s), f"{r:.3f}", int(n), *(f"{v[i]:.4f}" for v in driving.values())])
     atomic_write_text(out / "scores.csv", buffer.getvalue())
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     plot_histogram(out / "histogram.png", returns, f"{agent.name}: {summary['mean']:.1f} ± "
@@ -85,3 +87,14 @@ def evaluate_agent(agent: str | Path, cfg: EvalConfig, out: str | Path, workers:
                                           "replayed_return": replay["return"]}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def driving_columns(result: dict[str, np.ndarray], env_module) -> dict[str, np.ndarray]:
+    """How each episode was driven, for scores.csv: the mean of each action dimension, the
+    share of steps with |action[0]| > 0.9, and the env's end-of-episode stats (CarRacing: the
+    share of tiles visited, whether the lap was finished)."""
+    names = getattr(env_module, "ACTION_NAMES", None) or [f"action{d}" for d in range(result["action_mean"].shape[1])]
+    columns = {f"mean_{name}": result["action_mean"][:, d] for d, name in enumerate(names)}
+    columns[f"saturated_{names[0]}"] = result["saturated"]
+    columns.update({key.removeprefix("stat_"): value for key, value in result.items() if key.startswith("stat_")})
+    return columns

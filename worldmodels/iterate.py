@@ -125,7 +125,8 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
            "c_best_fitness": round(float(c_summary["best_fitness"]), 1),
            "c_kept_check": round(float(c_summary["best_check"]), 1),
            "eval_mean": round(e_summary["mean"], 1), "eval_std": round(e_summary["std"], 1),
-           "eval_episodes": e_summary["episodes"]}
+           "eval_episodes": e_summary["episodes"],
+           **{f"eval_{name}": round(value, 4) for name, value in e_summary.get("driving", {}).items()}}
     append_row(run / "iterate.csv", row)
     print(f"iterate {k}: {e_summary['mean']:.1f} ± {e_summary['std']:.1f} over {e_summary['episodes']} "
           f"episodes of {e_summary['env_id']} -> {out / 'eval'}")

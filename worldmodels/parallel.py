@@ -113,11 +113,12 @@ class ParallelEpisodes:
             on_task_done: Callable[[int], None] | None = None, stall_steps: int = 0) -> dict[str, np.ndarray]:
         """Episode j: controller `flat_controllers[j]` on env seed `seeds[j]` (`stall_steps`: see
         `run_episodes`).
-        Returns returns (J,), steps (J,) and the env steps/s of the whole call."""
+        Returns returns (J,), steps (J,), how each episode drove (`run_episodes`) and the env
+        steps/s of the whole call."""
         ray = self.ray
         jobs = len(seeds)
         chunks = self.chunks(jobs)
-        returns, steps = np.zeros(jobs), np.zeros(jobs, np.int64)
+        merged: dict[str, np.ndarray] = {}  # returns, steps and the per-episode driving stats
         queue = list(range(len(chunks)))
         attempts = dict.fromkeys(queue, 0)
         running: dict = {}  # ref -> (chunk number, start time)
@@ -149,8 +150,13 @@ class ParallelEpisodes:
                     if isinstance(exc.cause, WorldModelsError):
                         raise exc.cause from None
                     raise
-                returns[chunks[c]] = result["returns"]
-                steps[chunks[c]] = result["steps"]
+                for key, value in result.items():
+                    if key in ("env_steps_per_s", "frames"):
+                        continue
+                    if key not in merged:
+                        merged[key] = np.full((jobs, *np.shape(value)[1:]), np.nan if key.startswith("stat_")
+                                              else 0, np.asarray(value).dtype)
+                    merged[key][chunks[c]] = value
                 if on_task_done is not None:
                     on_task_done(len(chunks[c]))
             now = time.perf_counter()
@@ -160,4 +166,6 @@ class ParallelEpisodes:
                     running.pop(ref)
                     queue.append(c)
         seconds = time.perf_counter() - start
-        return {"returns": returns, "steps": steps, "env_steps_per_s": steps.sum() / max(seconds, 1e-9)}
+        merged.setdefault("returns", np.zeros(jobs))
+        merged.setdefault("steps", np.zeros(jobs, np.int64))
+        return {**merged, "env_steps_per_s": merged["steps"].sum() / max(seconds, 1e-9)}

@@ -3,7 +3,8 @@
 Each environment module (`carracing`, `doom`) exposes the same small surface:
 ``make_env(env_id, **kwargs)``, ``preprocess_frame(obs, size)``, ``ACTION_DIM``,
 ``rollout_action(a)`` (a random policy's action -> the one taken and stored),
-``squash_action(y)`` (C's output -> action, in JAX), ``dream_action(a)`` (an action of the
+``squash_action(y, action_map)`` (C's output -> action, in JAX; ``ACTION_MAPS`` lists the
+mappings), ``dream_action(a)`` (an action of the
 box ``ACTION_LOW``..``ACTION_HIGH`` -> what M reads), ``OBS_SHAPE`` (the raw observation
 `Agent.act` takes), ``SOLVED_SCORE``, ``VIDEO_FPS`` and
 ``VIDEO_SCALE`` (evaluation videos);
@@ -51,3 +52,15 @@ def get_env_module(name: str) -> ModuleType:
             f"unknown environment '{name}'; valid: {', '.join(sorted(ENV_MODULES))}"
         )
     return importlib.import_module(ENV_MODULES[name])
+
+
+def controller_squash(config):
+    """C's output -> the env's action, as `config.controller.action_map` says (a JAX function)."""
+    import functools
+
+    module = get_env_module(config.env.name)
+    action_map = config.controller.action_map
+    if action_map not in module.ACTION_MAPS:
+        raise ConfigError(f"controller.action_map='{action_map}' is not one of {config.env.name}'s: "
+                          f"{', '.join(module.ACTION_MAPS)}")
+    return functools.partial(module.squash_action, action_map=action_map)

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 ACTION_DIM = 3
+ACTION_NAMES = ("steer", "gas", "brake")
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 # The bottom 12 rows of the 96x96 frame are the dashboard (speed, ABS, steering, gyro);
@@ -47,9 +48,18 @@ def rollout_action(action: np.ndarray) -> np.ndarray:
 def original_action(y: np.ndarray) -> np.ndarray:
     """A controller output y (3,) -> action as the original code mapped it (numpy): steer
     tanh, gas (tanh + 1) / 2, brake clip(tanh, 0, 1). Only the 'steady' rollout policy uses
-    it; C's own squash (below) maps the brake like the gas."""
+    it (and C with `controller.action_map` 'original'); C's default squash maps the brake like the gas."""
     t = np.tanh(np.asarray(y, np.float64))
     return np.array([t[0], (t[1] + 1.0) / 2.0, np.clip(t[2], 0.0, 1.0)], np.float32)
+
+
+def episode_stats(env, info: dict) -> dict[str, float]:
+    """At an episode's end: the share of the track's tiles visited and whether the lap was
+    finished (CarRacing-v3 and FastCarRacing-v3 keep the same counters)."""
+    car = env.unwrapped
+    tiles = len(getattr(car, "track", ()) or ())
+    return {"tiles": car.tile_visited_count / tiles if tiles else float("nan"),
+            "lap": float(bool(info.get("lap_finished", False)))}
 
 
 def dream_action(action):
@@ -57,10 +67,14 @@ def dream_action(action):
     return action
 
 
-def squash_action(y):
-    """Controller output (..., 3) -> CarRacing action: steer in [-1, 1], gas/brake in [0, 1]."""
-    from worldmodels.models.controller import carracing_squash
+ACTION_MAPS = ("squash", "original")
+"""`controller.action_map`'s values (see `worldmodels.config.ControllerConfig`)."""
 
-    return carracing_squash(y)
+
+def squash_action(y, action_map: str = "squash"):
+    """Controller output (..., 3) -> CarRacing action: steer in [-1, 1], gas/brake in [0, 1]."""
+    from worldmodels.models.controller import carracing_original, carracing_squash
+
+    return carracing_original(y) if action_map == "original" else carracing_squash(y)
 OBS_SHAPE = (96, 96, 3)
 """The raw observation `worldmodels.agent.Agent.act` takes."""

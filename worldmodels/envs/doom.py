@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 ACTION_DIM = 1
+ACTION_NAMES = ("move",)
 ACTION_LOW, ACTION_HIGH = np.array([-1.0], np.float32), np.array([1.0], np.float32)
 ACTION_THRESHOLD = 1.0 / 3.0
 """|tanh(y)| above this moves (the original code's threshold)."""
@@ -104,7 +105,10 @@ def dream_action(action):
     return jnp.where(action > ACTION_THRESHOLD, 1.0, jnp.where(action < -ACTION_THRESHOLD, -1.0, 0.0))
 
 
-def squash_action(y):
+ACTION_MAPS = ("squash",)
+
+
+def squash_action(y, action_map: str = "squash"):
     """Controller output (..., 1) -> -1 / 0 / +1 (jax): tanh, then the ±1/3 cut."""
     import jax.numpy as jnp
 

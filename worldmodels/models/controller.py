@@ -48,3 +48,9 @@ def carracing_squash(y: jax.Array) -> jax.Array:
     """steer = tanh in [-1, 1]; gas, brake = (tanh + 1) / 2 in [0, 1]."""
     t = jnp.tanh(y)
     return jnp.concatenate([t[..., :1], (t[..., 1:] + 1.0) / 2.0], axis=-1)
+
+
+def carracing_original(y: jax.Array) -> jax.Array:
+    """The original code's mapping: steer = tanh, gas = (tanh + 1) / 2, brake = clip(tanh, 0, 1)."""
+    t = jnp.tanh(y)
+    return jnp.concatenate([t[..., :1], (t[..., 1:2] + 1.0) / 2.0, jnp.clip(t[..., 2:], 0.0, 1.0)], axis=-1)

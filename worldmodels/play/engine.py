@@ -144,6 +144,7 @@ class Player:
     # -- the compiled steps ------------------------------------------------------------------
 
     def _build(self, env, params) -> None:
+        from worldmodels.envs import controller_squash
         from worldmodels.models.controller import controller_features, controller_output
         from worldmodels.models.mdnrnn import MDNRNN, LSTMState, sample_mdn
         from worldmodels.models.vision.layers import conv_compiler_options
@@ -152,7 +153,7 @@ class Player:
         vision, vparams = world.vision, world.vision_params
         module, rnn_params = world.module, world.rnn_params
         taken = self.env_module.dream_action
-        squash = self.env_module.squash_action
+        squash = controller_squash(world.config)
         low = jnp.asarray(self.env_module.ACTION_LOW, jnp.float32)
         high = jnp.asarray(self.env_module.ACTION_HIGH, jnp.float32)
         features = world.config.controller.features

@@ -28,7 +28,7 @@ import numpy as np
 from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.config import Config
 from worldmodels.data.atomic import atomic_write_bytes, atomic_write_text
-from worldmodels.envs import get_env_module
+from worldmodels.envs import controller_squash, get_env_module
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.models.controller import controller_features, controller_output
 from worldmodels.train.common import MetricsLog
@@ -123,7 +123,7 @@ class DreamScorer:
         if cfg.checks == "dream":
             self.check_split(cfg.eval_episodes, "controller.eval_episodes", checks=True)
         _, unravel = ravel_pytree(world.controller_template())
-        squash = get_env_module(config.env.name).squash_action
+        squash = controller_squash(config)
         features = cfg.features
 
         def policy(flat, obs):
