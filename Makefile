@@ -21,7 +21,7 @@ DATA    ?=
 DATA_ARGS = $(if $(DATA),--data $(DATA))
 STAGE   = $(PY) -m pipeline
 
-.PHONY: help all rollouts train-vae series train-rnn train-controller evaluate temperature-sweep doom-temperature-sweep iterate report export-agent play test bench lint clean-venv
+.PHONY: help all rollouts train-vae series train-rnn train-controller evaluate temperature-sweep doom-temperature-sweep iterate iterate-all report export-agent play test bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,11 @@ help:  ## this list
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables:"
-	@echo "  CONFIG=quick             preset: tiny quick default paper carracing-dream doom-tiny doom-quick doom-default"
+	@echo "  CONFIG=quick             preset: tiny quick default paper carracing-dream carracing-iterate doom-tiny doom-quick doom-default"
 	@echo "  RUN=runs/CONFIG          run directory every stage reads and writes"
 	@echo "  AGENT=RUN                agent or run dir for evaluate, play, export-agent (e.g. agents/carracing)"
 	@echo "  EPISODES= SEED=          evaluate: episodes and first env seed (default: the preset's eval section)"
-	@echo "  ROUND=1                  iterate: the round k"
+	@echo "  ROUND=1                  iterate: the round k (iterate-all: rounds 1..iterate.rounds)"
 	@echo "  DREAM=                   train-controller: true = C evolves in M's dream"
 	@echo "  DATA=                    knowledge-sharing, distillation, vae-pictures: MNIST-format files"
 	@echo "  HOST=127.0.0.1 PORT=8765 play: where the page listens (another HOST opens it to the network)"
@@ -89,6 +89,9 @@ doom-temperature-sweep:  ## the Doom temperature table (CONFIG=doom-default unle
 # retrains on all data, C evolves again; results in RUN/round$(ROUND) and RUN/iterate.csv.
 iterate: $(STAMP)  ## one round ROUND=k of the iterative procedure: agent plays, M retrains, C evolves -> RUN/round<k>
 	$(STAGE).iterate --config $(CONFIG) --run $(RUN) --round $(ROUND) $(ARGS)
+
+iterate-all: $(STAMP)  ## rounds 1..iterate.rounds of iterate, resuming where it stopped (CONFIG=carracing-iterate)
+	$(STAGE).iterate --config $(CONFIG) --run $(RUN) --all $(ARGS)
 
 report: $(STAMP)  ## pictures and a summary of RUN -> RUN/report
 	$(STAGE).report --config $(CONFIG) --run $(RUN)

@@ -1,7 +1,8 @@
 """`make iterate ROUND=k`: one round of the paper's iterative training procedure on RUN.
 
 Round k's agent plays (exploring now and then), M retrains on all data, C evolves again, all in
-RUN/round<k>; a line per round goes to RUN/iterate.csv (see `worldmodels.iterate`)."""
+RUN/round<k>; a line per round goes to RUN/iterate.csv (see `worldmodels.iterate`).
+`make iterate-all` (--all) runs rounds 1..iterate.rounds and resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from pipeline._cli import main_wrapper, parse_stage_args
 def main(argv: Sequence[str] | None = None) -> str:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--round", type=int, default=1, help="round number k >= 1 (RUN/round<k>)")
+        parser.add_argument("--all", action="store_true",
+                            help="rounds 1..iterate.rounds, skipping finished ones (make iterate-all)")
 
     config, args = parse_stage_args(__doc__, argv, extra=extra, sections=("iterate", "rollouts", "mdnrnn"))
     from worldmodels.runtime import reuse_freed_memory
 
     reuse_freed_memory()  # before JAX starts: M's step re-allocates large buffers (see runtime.py)
-    from worldmodels.iterate import run_round
+    from worldmodels.iterate import run_round, run_rounds
 
-    run_round(config, args.run, args.round)
+    if args.all:
+        run_rounds(config, args.run)
+    else:
+        run_round(config, args.run, args.round)
     return args.run
 
 

@@ -385,3 +385,43 @@ def test_action_maps():
     doom = get_config("doom-tiny", ["--controller.action_map", "original"])
     with pytest.raises(ConfigError, match="action_map"):
         controller_squash(doom)
+
+
+def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_path):
+    """`make iterate-all` on CarRacing (tiny sizes, the carracing-iterate recipe): two rounds in
+    which the agent drives, M retrains on old + new series, C starts from the previous round's C
+    with the original action mapping and evolves in the dream; a rerun finds both rounds done."""
+    import shutil
+
+    import pipeline.iterate
+    from worldmodels.data.episodes import list_episodes, load_episode
+
+    run = copy_run(reference_controller, tmp_path / "run", parts=("vision", "series", "mdnrnn", "controller"))
+    shutil.copyfile(reference_controller / "controller" / "config.json", run / "config.json")
+    argv = ["--config", "tiny", "--run", str(run), "--iterate.rounds", "2", "--iterate.episodes", "2",
+            "--iterate.rnn_steps", "3", "--iterate.init_c", "previous", "--controller.action_map", "original",
+            "--controller.dream", "true", "--controller.generations", "1", "--eval.videos", "false"]
+    with pytest.raises(ConfigError, match="init_c"):
+        pipeline.iterate.main([*argv, "--iterate.init_c", "last"])
+    assert not (run / "round1").exists()  # refused before anything was written
+    pipeline.iterate.main([*argv, "--all"])
+    rows = _read_csv(run / "iterate.csv")
+    assert [r["round"] for r in rows] == ["1", "2"]
+    for k in (1, 2):
+        r = run / f"round{k}"
+        played = [load_episode(p) for p in list_episodes(r / "rollouts")]
+        assert [int(e["seed"]) for e in played] == [k * 10_000_000 + i for i in range(2)]
+        c = json.loads((r / "controller" / "config.json").read_text())["controller"]
+        assert c["init_from"] == str((run if k == 1 else run / "round1") / "controller" / "best.msgpack")
+        assert c["action_map"] == "original" and c["dream"]
+        for key in ("eval_mean_gas", "eval_saturated_steer", "eval_tiles", "eval_lap"):
+            assert rows[k - 1][key] != ""
+    pipeline.iterate.main([*argv, "--all"])  # both finished: nothing more
+    assert len(_read_csv(run / "iterate.csv")) == 2
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -321,6 +321,11 @@ class IterateConfig:
     do: a trained Doom C's output sits far beyond the squash's thresholds (median |y| 14)."""
     rnn_steps: int = 1000
     """M's train steps in a round, starting from the previous round's M (fresh optimiser)."""
+    init_c: str = "scratch"
+    """Where a round's CMA-ES search starts: 'scratch' (zero, the paper) or 'previous' (the
+    previous round's C, so each round refines the last one's driving in the new dream)."""
+    rounds: int = 3
+    """`make iterate-all`: rounds 1..rounds, each skipped once finished (its eval/summary.json)."""
 
 
 @dataclass(frozen=True)
@@ -580,6 +585,7 @@ PRESET_SUMMARY: dict[str, str] = {
     "doom-tiny": "DoomTakeCover at the tiny sizes (tests)",
     "doom-quick": "DoomTakeCover, every stage in minutes; C in the dream",
     "doom-default": "DoomTakeCover at the paper's sizes for M and C, C in the dream (about an hour here)",
+    "carracing-iterate": "CarRacing by rounds of the iterative procedure: the agent drives, M retrains, C evolves",
 }
 """One line per preset, for `--help` and `make help` (a test keeps it in step with PRESETS)."""
 
@@ -616,6 +622,24 @@ def describe_sections(config: Config, sections: typing.Sequence[str]) -> str:
             if docs.get(f.name):
                 lines.append(f"      {docs[f.name]}")
     return "\n".join(lines)
+
+
+# CarRacing by the paper's iterative procedure: the shipped agent's sizes (the default preset's V
+# and M), then rounds in which the agent drives (10 % of steps Brownian, so M still sees
+# recoveries and crashes), M retrains on old + new episodes, and C, starting from the previous
+# round's C with the original code's action mapping, evolves in the new dream at the paper's scale
+# (64 candidates x 16 dreamed episodes); its checks run in the real env on check seeds
+# (2,000,000..), apart from the evaluation's. Round 1 starts from RUN's agent (`make all` or
+# a copy of agents/carracing's parts).
+PRESETS["carracing-iterate"] = {
+    "rollouts": {"episodes": 500, "max_steps": 1000},
+    "vision": {"max_steps": 3500},
+    "mdnrnn": {"steps": 3000},
+    "controller": {"dream": True, "checks": "real", "temperature": 1.0, "population": 64, "rollouts": 16,
+                   "generations": 20, "eval_every": 5, "eval_episodes": 16, "action_map": "original"},
+    "iterate": {"episodes": 200, "explore": 0.1, "rnn_steps": 1000, "init_c": "previous", "rounds": 4},
+    "eval": {"episodes": 100},
+}
 
 
 def get_config(preset: str, overrides: typing.Sequence[str] = ()) -> Config:

@@ -7,10 +7,11 @@ Round k works in RUN/round<k>, which becomes an agent dir of its own:
 2. RUN's V (unchanged) encodes them -> RUN/round<k>/series;
 3. M: round k-1's M trained iterate.rnn_steps more steps on RUN/series plus every round's
    series up to k (fresh optimiser) -> RUN/round<k>/mdnrnn;
-4. C evolved from scratch with the preset's controller settings in the new M (its dream, for
-   dream presets) -> RUN/round<k>/controller;
+4. C evolved with the preset's controller settings in the new M (its dream, for dream presets),
+   from scratch or from round k-1's C (`iterate.init_c`) -> RUN/round<k>/controller;
 5. scored like `make evaluate` -> RUN/round<k>/eval, and a line in RUN/iterate.csv.
-Every step resumes where a killed run stopped. Afterwards `make evaluate AGENT=RUN/round<k>`
+Every step resumes where a killed run stopped; `run_rounds` (`make iterate-all`) runs rounds
+1..iterate.rounds and skips those already finished. Afterwards `make evaluate AGENT=RUN/round<k>`
 and `make export-agent RUN=RUN/round<k>` work as for any run.
 """
 
@@ -41,6 +42,8 @@ def round_config(config: Config, run: Path, k: int) -> Config:
                                      seed=config.rollouts.seed + k * ROUND_SEED_STRIDE),
         mdnrnn=dataclasses.replace(config.mdnrnn, steps=it.rnn_steps,
                                    init_from=str(prev / "mdnrnn" / "params.msgpack")),
+        controller=dataclasses.replace(config.controller, init_from=str(prev / "controller" / "best.msgpack"))
+        if it.init_c == "previous" else config.controller,
     )
 
 
@@ -55,7 +58,30 @@ def check_round(config: Config, run: Path, k: int) -> Path:
     it = config.iterate
     if it.episodes < 1 or not 0 <= it.explore <= 1 or it.rnn_steps < 1:
         raise ConfigError("iterate.episodes and iterate.rnn_steps must be >= 1, iterate.explore in [0, 1]")
+    if it.init_c not in ("scratch", "previous"):
+        raise ConfigError(f"iterate.init_c='{it.init_c}': valid are 'scratch', 'previous'")
     return prev
+
+
+def round_finished(run: Path, k: int) -> bool:
+    """Round k has scored its agent (its last step)."""
+    return (run / f"round{k}" / "eval" / "summary.json").exists()
+
+
+def run_rounds(config: Config, run: str | os.PathLike) -> list[dict[str, Any]]:
+    """`make iterate-all`: rounds 1..iterate.rounds on `run`, skipping the finished ones (a killed
+    round resumes inside, step by step); the rows of the rounds run now."""
+    run = Path(run)
+    if config.iterate.rounds < 1:
+        raise ConfigError(f"iterate.rounds={config.iterate.rounds}: must be >= 1")
+    check_round(config, run, 1)
+    rows = []
+    for k in range(1, config.iterate.rounds + 1):
+        if round_finished(run, k):
+            print(f"iterate {k}: finished before ({run / f'round{k}' / 'eval'}); next round")
+            continue
+        rows.append(run_round(config, run, k))
+    return rows
 
 
 def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
@@ -110,7 +136,7 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     print("iterate {}: M {}".format(k, json.dumps({key: round(v, 4) if isinstance(v, float) else v
                                                    for key, v in m_summary.items()})))
 
-    # 4. C from scratch in the new M.
+    # 4. C in the new M (from scratch or from round k-1's C).
     prepare_stage_dir(out, "controller", rconfig, sections=("controller",), free_fields=FREE_FIELDS["controller"])
     remove_stale_temporaries(out / "controller")
     c_summary = train_controller(rconfig, out)
