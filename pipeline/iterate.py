@@ -17,14 +17,24 @@ def main(argv: Sequence[str] | None = None) -> str:
         parser.add_argument("--round", type=int, default=1, help="round number k >= 1 (RUN/round<k>)")
         parser.add_argument("--all", action="store_true",
                             help="rounds 1..iterate.rounds, skipping finished ones (make iterate-all)")
+        parser.add_argument("--table", action="store_true",
+                            help="print the per-round table (RUN/iterate.csv and each round's diagnostics.json) "
+                                 "as markdown, with --diagnose recomputing round ROUND's diagnostics first")
+        parser.add_argument("--diagnose", action="store_true",
+                            help="with --table: (re)compute RUN/round<ROUND>/diagnostics.json (a round run "
+                                 "before diagnostics existed)")
 
     config, args = parse_stage_args(__doc__, argv, extra=extra, sections=("iterate", "rollouts", "mdnrnn"))
     from worldmodels.runtime import reuse_freed_memory
 
     reuse_freed_memory()  # before JAX starts: M's step re-allocates large buffers (see runtime.py)
-    from worldmodels.iterate import run_round, run_rounds
+    from worldmodels.iterate import run_round, run_rounds, write_diagnostics, write_table
 
-    if args.all:
+    if args.table:
+        if args.diagnose:
+            write_diagnostics(config, args.run, args.round)
+        print(write_table(args.run), end="")
+    elif args.all:
         run_rounds(config, args.run)
     else:
         run_round(config, args.run, args.round)

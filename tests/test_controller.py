@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_run, run_in_process, run_stage
-from worldmodels.errors import ConfigError
+from worldmodels.errors import ConfigError, DataError
 from worldmodels.train.es import OLD_NAMES, make_cma
 from worldmodels.viz.plots import read_csv
 
@@ -414,10 +414,24 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
         c = json.loads((r / "controller" / "config.json").read_text())["controller"]
         assert c["init_from"] == str((run if k == 1 else run / "round1") / "controller" / "best.msgpack")
         assert c["action_map"] == "original" and c["dream"]
-        for key in ("eval_mean_gas", "eval_saturated_steer", "eval_tiles", "eval_lap"):
+        for key in ("eval_mean_gas", "eval_saturated_steer", "eval_tiles", "eval_lap", "wall_s"):
             assert rows[k - 1][key] != ""
+        # The per-round table's measurements: M before and after on the agent's own held-out
+        # episodes, V on them, and C's dream score beside its real one.
+        d = json.loads((r / "diagnostics.json").read_text())
+        for key in ("m_before_z_nll_own", "m_after_z_nll_own", "m_after_z_nll_random", "v_error_own",
+                    "c_dream_mean", "c_real_mean"):
+            assert np.isfinite(d[key]), key
+        assert d["c_real_mean"] == pytest.approx(float(rows[k - 1]["eval_mean"]), abs=0.06)
+    table = (run / "iterate.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| 1 |") and table[3].startswith("| 2 |")
     pipeline.iterate.main([*argv, "--all"])  # both finished: nothing more
     assert len(_read_csv(run / "iterate.csv")) == 2
+    (run / "round2" / "diagnostics.json").unlink()  # rebuilt on demand, the table printed
+    pipeline.iterate.main([*argv, "--round", "2", "--table", "--diagnose"])
+    assert json.loads((run / "round2" / "diagnostics.json").read_text())["round"] == 2
+    with pytest.raises(DataError, match="has not been scored"):
+        pipeline.iterate.main([*argv, "--round", "3", "--table", "--diagnose"])
 
 
 def _read_csv(path):

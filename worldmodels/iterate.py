@@ -9,7 +9,10 @@ Round k works in RUN/round<k>, which becomes an agent dir of its own:
    series up to k (fresh optimiser) -> RUN/round<k>/mdnrnn;
 4. C evolved with the preset's controller settings in the new M (its dream, for dream presets),
    from scratch or from round k-1's C (`iterate.init_c`) -> RUN/round<k>/controller;
-5. scored like `make evaluate` -> RUN/round<k>/eval, and a line in RUN/iterate.csv.
+5. scored like `make evaluate` -> RUN/round<k>/eval; V's and M's fit to the agent's own held-out
+   episodes before and after the round, and C's score in its own dream beside its real score
+   -> RUN/round<k>/diagnostics.json; a line in RUN/iterate.csv, and RUN/iterate.md, the table
+   of every round (`round_table`).
 Every step resumes where a killed run stopped; `run_rounds` (`make iterate-all`) runs rounds
 1..iterate.rounds and skips those already finished. Afterwards `make evaluate AGENT=RUN/round<k>`
 and `make export-agent RUN=RUN/round<k>` work as for any run.
@@ -21,8 +24,11 @@ import csv
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
@@ -88,6 +94,7 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     """Round k on `run` (module docstring); returns the row it appends to RUN/iterate.csv."""
     run = Path(run)
     prev = check_round(config, run, k)
+    started = time.perf_counter()
     import ray
 
     from worldmodels.parallel import init_ray
@@ -153,11 +160,152 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
            "eval_mean": round(e_summary["mean"], 1), "eval_std": round(e_summary["std"], 1),
            "eval_episodes": e_summary["episodes"],
            **{f"eval_{name}": round(value, 4) for name, value in e_summary.get("driving", {}).items()}}
+    write_diagnostics(config, run, k)
+    row["wall_s"] = round(time.perf_counter() - started, 1)  # this call's: a resumed round counts its last part
     append_row(run / "iterate.csv", row)
+    write_table(run)
     print(f"iterate {k}: {e_summary['mean']:.1f} ± {e_summary['std']:.1f} over {e_summary['episodes']} "
           f"episodes of {e_summary['env_id']} -> {out / 'eval'}")
     return row
 
+
+def vision_error(world, paths: list[Path], frames: int = 1000, seed: int = 0) -> float:
+    """V's reconstruction error (mean squared, per pixel in [0, 1]) on `frames` frames drawn
+    evenly from the episode files `paths`."""
+    from worldmodels.data.episodes import load_episode
+
+    per_file = max(1, -(-frames // max(len(paths), 1)))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for path in paths:
+        obs = load_episode(path)["obs"]
+        picked.append(obs[rng.choice(len(obs), size=min(per_file, len(obs)), replace=False)])
+    x = np.concatenate(picked)[:frames]
+    total = 0.0
+    for i in range(0, len(x), 250):  # bounded memory
+        batch = x[i:i + 250]
+        recon = np.asarray(world.decode(world.encode(batch)), np.float32) / 255.0
+        total += float(np.square(recon - batch.astype(np.float32) / 255.0).sum())
+    return total / (x.size)
+
+
+def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: int = 1000,
+                      dream_episodes: int = 64) -> dict[str, Any]:
+    """What the per-round table needs beyond the round's row (`make iterate` writes it to
+    RUN/round<k>/diagnostics.json): how well V and M fit the agent's own episodes, held out,
+    before the round (round k-1's M) and after it; and the round's kept C scored in its own
+    dream on fixed keys, beside its real score: the dream-real gap."""
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.agent import load_controller
+    from worldmodels.data.episodes import holdout_split, list_episodes
+    from worldmodels.train.es import DreamScorer
+    from worldmodels.train.mdnrnn import SeriesData, evaluate_one_step, split_series
+    from worldmodels.world_model import load_world_model
+
+    run = Path(run)
+    out, prev = run / f"round{k}", (run if k == 1 else run / f"round{k - 1}")
+    rconfig = round_config(config, run, k)
+    before, after = load_world_model(prev, config), load_world_model(out, config)
+    fraction = config.vision.holdout_fraction
+    result: dict[str, Any] = {"round": k}
+    for name, folder in (("random", run / "rollouts"), ("own", out / "rollouts")):
+        held = holdout_split(list_episodes(folder), fraction)[1]
+        result[f"v_error_{name}"] = vision_error(after, held, frames) if held else None
+    m_cfg = rconfig.mdnrnn
+    for name, folder in (("random", run / "series"), ("own", out / "series")):
+        held = split_series(folder, m_cfg.holdout_fraction)[1]
+        if not held:
+            continue
+        data = SeriesData.load(held)
+        for when, world in (("before", before), ("after", after)):
+            scores = evaluate_one_step(world.module, m_cfg, world.rnn_params, data)
+            result[f"m_{when}_z_nll_{name}"] = scores.get("heldout_z_nll")
+            result[f"m_{when}_next_z_mse_{name}"] = scores.get("heldout_next_z_mse")
+    if rconfig.controller.dream:
+        scorer = DreamScorer(after, rconfig, out / "series")
+        flat, _ = ravel_pytree(load_controller(out, after))
+        dream = scorer.returns(np.asarray(flat, np.float32)[None], dream_episodes, what="dream_episodes")[0]
+        result["c_dream_mean"], result["c_dream_std"] = float(dream.mean()), float(dream.std())
+        result["dream_episodes"] = dream_episodes
+    summary = out / "eval" / "summary.json"
+    if summary.exists():
+        e = json.loads(summary.read_text())
+        result["c_real_mean"], result["c_real_std"] = e["mean"], e["std"]
+        result.update({f"real_{key}": value for key, value in e.get("driving", {}).items()})
+    return {key: v if v is None or isinstance(v, (int, str)) else float(v) for key, v in result.items()}
+
+
+TABLE_COLUMNS = (
+    ("round", "round"), ("agent episodes", "episodes"), ("M trained on", "train_episodes_m"),
+    ("M before: z NLL on own held-out", "m_before_z_nll_own"), ("M after: z NLL own / random", "m_after_z_nll"),
+    ("V error own / random (×1e-3)", "v_error"), ("C: dream score", "c_dream"), ("C: real check", "c_kept_check"),
+    ("C: real, 100 seeds", "eval"), ("mean gas", "eval_mean_gas"), ("saturated steer", "eval_saturated_steer"),
+    ("lap finished", "eval_lap"), ("wall time", "wall_s"))
+
+
+def round_table(run: str | os.PathLike) -> str:
+    """RUN/iterate.csv and each round's diagnostics.json as one markdown table (the last line
+    per round where a round was rerun)."""
+    run = Path(run)
+    path = run / "iterate.csv"
+    if not path.exists():
+        raise DataError(f"{path} does not exist; run `make iterate` first")
+    rows = {int(r["round"]): r for r in csv.DictReader(path.open())}
+
+    def num(value, fmt="{:.1f}"):
+        try:
+            return fmt.format(float(value))
+        except (TypeError, ValueError):
+            return "—"
+
+    lines = ["| " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    for k in sorted(rows):
+        r = dict(rows[k])
+        d_path = run / f"round{k}" / "diagnostics.json"
+        d = json.loads(d_path.read_text()) if d_path.exists() else {}
+        cells = {
+            "round": str(k), "episodes": r.get("episodes", "—"), "train_episodes_m": r.get("train_episodes_m", "—"),
+            "m_before_z_nll_own": num(d.get("m_before_z_nll_own"), "{:.3f}"),
+            "m_after_z_nll": (f"{num(d.get('m_after_z_nll_own'), '{:.3f}')} / "
+                              f"{num(d.get('m_after_z_nll_random'), '{:.3f}')}"),
+            "v_error": f"{num(1e3 * d['v_error_own'] if d.get('v_error_own') else None, '{:.2f}')} / "
+                       f"{num(1e3 * d['v_error_random'] if d.get('v_error_random') else None, '{:.2f}')}",
+            "c_dream": (f"{num(d.get('c_dream_mean'))} ± {num(d.get('c_dream_std'))}" if "c_dream_mean" in d
+                        else num(r.get("c_best_fitness"))),
+            "c_kept_check": num(r.get("c_kept_check")),
+            "eval": f"{num(r.get('eval_mean'))} ± {num(r.get('eval_std'))}",
+            "eval_mean_gas": num(r.get("eval_mean_gas"), "{:.3f}"),
+            "eval_saturated_steer": num(r.get("eval_saturated_steer"), "{:.2f}"),
+            "eval_lap": num(r.get("eval_lap"), "{:.2f}"),
+            "wall_s": (f"{float(r['wall_s']) / 60:.0f} min" if r.get("wall_s") else "—"),
+        }
+        lines.append("| " + " | ".join(cells[key] for _, key in TABLE_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+
+def write_diagnostics(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
+    """`round_diagnostics` of a finished round -> RUN/round<k>/diagnostics.json."""
+    from worldmodels.data.atomic import atomic_write_text
+
+    run = Path(run)
+    check_round(config, run, k)
+    if not round_finished(run, k):
+        raise DataError(f"round {k} of {run} has not been scored; run `make iterate ROUND={k}` first")
+    result = round_diagnostics(config, run, k)
+    atomic_write_text(run / f"round{k}" / "diagnostics.json", json.dumps(result, indent=2))
+    return result
+
+
+def write_table(run: str | os.PathLike) -> str:
+    """`round_table` -> RUN/iterate.md; the table."""
+    from worldmodels.data.atomic import atomic_write_text
+
+    table = round_table(run)
+    atomic_write_text(Path(run) / "iterate.md", table)
+    return table
 
 def append_row(path: Path, row: dict) -> None:
     """One line per finished round (a rerun of a round adds a line)."""
