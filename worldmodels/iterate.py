@@ -169,26 +169,6 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     return row
 
 
-def vision_error(world, paths: list[Path], frames: int = 1000, seed: int = 0) -> float:
-    """V's reconstruction error (mean squared, per pixel in [0, 1]) on `frames` frames drawn
-    evenly from the episode files `paths`."""
-    from worldmodels.data.episodes import load_episode
-
-    per_file = max(1, -(-frames // max(len(paths), 1)))
-    rng = np.random.default_rng(seed)
-    picked = []
-    for path in paths:
-        obs = load_episode(path)["obs"]
-        picked.append(obs[rng.choice(len(obs), size=min(per_file, len(obs)), replace=False)])
-    x = np.concatenate(picked)[:frames]
-    total = 0.0
-    for i in range(0, len(x), 250):  # bounded memory
-        batch = x[i:i + 250]
-        recon = np.asarray(world.decode(world.encode(batch)), np.float32) / 255.0
-        total += float(np.square(recon - batch.astype(np.float32) / 255.0).sum())
-    return total / (x.size)
-
-
 def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: int = 1000,
                       dream_episodes: int = 64) -> dict[str, Any]:
     """What the per-round table needs beyond the round's row (`make iterate` writes it to
@@ -201,6 +181,7 @@ def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: in
     from worldmodels.data.episodes import holdout_split, list_episodes
     from worldmodels.train.es import DreamScorer
     from worldmodels.train.mdnrnn import SeriesData, evaluate_one_step, split_series
+    from worldmodels.train.vision import heldout_frames, reconstruction_error
     from worldmodels.world_model import load_world_model
 
     run = Path(run)
@@ -211,7 +192,10 @@ def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: in
     result: dict[str, Any] = {"round": k}
     for name, folder in (("random", run / "rollouts"), ("own", out / "rollouts")):
         held = holdout_split(list_episodes(folder), fraction)[1]
-        result[f"v_error_{name}"] = vision_error(after, held, frames) if held else None
+        if held:
+            x = heldout_frames(held, config.env.frame_size, limit=frames)
+            result[f"v_error_{name}"] = reconstruction_error(after.vision, after.vision_params,
+                                                             x)["heldout_mse_per_pixel"]
     m_cfg = rconfig.mdnrnn
     for name, folder in (("random", run / "series"), ("own", out / "series")):
         held = split_series(folder, m_cfg.holdout_fraction)[1]
@@ -239,7 +223,7 @@ def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: in
 TABLE_COLUMNS = (
     ("round", "round"), ("agent episodes", "episodes"), ("M trained on", "train_episodes_m"),
     ("M before: z NLL on own held-out", "m_before_z_nll_own"), ("M after: z NLL own / random", "m_after_z_nll"),
-    ("V error own / random (×1e-3)", "v_error"), ("C: dream score", "c_dream"), ("C: real check", "c_kept_check"),
+    ("V error per pixel own / random", "v_error"), ("C: dream score", "c_dream"), ("C: real check", "c_kept_check"),
     ("C: real, 100 seeds", "eval"), ("mean gas", "eval_mean_gas"), ("saturated steer", "eval_saturated_steer"),
     ("lap finished", "eval_lap"), ("wall time", "wall_s"))
 
@@ -270,8 +254,7 @@ def round_table(run: str | os.PathLike) -> str:
             "m_before_z_nll_own": num(d.get("m_before_z_nll_own"), "{:.3f}"),
             "m_after_z_nll": (f"{num(d.get('m_after_z_nll_own'), '{:.3f}')} / "
                               f"{num(d.get('m_after_z_nll_random'), '{:.3f}')}"),
-            "v_error": f"{num(1e3 * d['v_error_own'] if d.get('v_error_own') else None, '{:.2f}')} / "
-                       f"{num(1e3 * d['v_error_random'] if d.get('v_error_random') else None, '{:.2f}')}",
+            "v_error": f"{num(d.get('v_error_own'), '{:.2e}')} / {num(d.get('v_error_random'), '{:.2e}')}",
             "c_dream": (f"{num(d.get('c_dream_mean'))} ± {num(d.get('c_dream_std'))}" if "c_dream_mean" in d
                         else num(r.get("c_best_fitness"))),
             "c_kept_check": num(r.get("c_kept_check")),
@@ -283,7 +266,6 @@ def round_table(run: str | os.PathLike) -> str:
         }
         lines.append("| " + " | ".join(cells[key] for _, key in TABLE_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
-
 
 
 def write_diagnostics(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
@@ -306,6 +288,7 @@ def write_table(run: str | os.PathLike) -> str:
     table = round_table(run)
     atomic_write_text(Path(run) / "iterate.md", table)
     return table
+
 
 def append_row(path: Path, row: dict) -> None:
     """One line per finished round (a rerun of a round adds a line)."""

@@ -78,7 +78,8 @@ def reconstruction_error(model: VisionModel, params, frames: np.ndarray, batch: 
             "heldout_sse_per_image": float(sse.mean()), "heldout_frames": len(frames)}
 
 
-def _heldout_frames(paths, frame_size: int, limit: int = 1000, seed: int = 0) -> np.ndarray:
+def heldout_frames(paths, frame_size: int, limit: int = 1000, seed: int = 0) -> np.ndarray:
+    """Up to `limit` frames drawn from the first 20 episode files of `paths`, in order."""
     if not paths:
         return np.zeros((0, frame_size, frame_size, 3), np.uint8)
     frames = np.concatenate([load_frames(p, frame_size) for p in paths[:20]])
@@ -174,7 +175,7 @@ def train_vision(config: Config, run: str | Path, progress: bool = True,
 
     params = jax.device_get(state.params)
     save_checkpoint(out / "params.msgpack", params, {**vision_meta(cfg), "step": step})
-    heldout = _heldout_frames(heldout_paths or train_paths[-1:], config.env.frame_size)
+    heldout = heldout_frames(heldout_paths or train_paths[-1:], config.env.frame_size)
     summary = {"steps": step, "epochs": epoch, "train_episodes": len(train_paths),
                "heldout_episodes": len(heldout_paths), "train_seconds_this_run": time.perf_counter() - start,
                **reconstruction_error(model, params, heldout)}
