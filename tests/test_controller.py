@@ -390,7 +390,7 @@ def test_action_maps():
 def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_path):
     """`make iterate-all` on CarRacing (tiny sizes, the carracing-iterate recipe): two rounds in
     which the agent drives, M retrains on old + new series, C starts from the previous round's C
-    with the original action mapping and evolves in the dream; a rerun finds both rounds done."""
+    under the action map it was evolved with and evolves in the dream; a rerun finds both rounds done."""
     import shutil
 
     import pipeline.iterate
@@ -399,10 +399,13 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
     run = copy_run(reference_controller, tmp_path / "run", parts=("vision", "series", "mdnrnn", "controller"))
     shutil.copyfile(reference_controller / "controller" / "config.json", run / "config.json")
     argv = ["--config", "tiny", "--run", str(run), "--iterate.rounds", "2", "--iterate.episodes", "2",
-            "--iterate.rnn_steps", "3", "--iterate.init_c", "previous", "--controller.action_map", "original",
+            "--iterate.rnn_steps", "3", "--iterate.init_c", "previous", "--controller.action_map", "squash",
             "--controller.dream", "true", "--controller.generations", "1", "--eval.videos", "false"]
     with pytest.raises(ConfigError, match="init_c"):
         pipeline.iterate.main([*argv, "--iterate.init_c", "last"])
+    # The reference C was evolved with the squash map: starting from it under another map is refused.
+    with pytest.raises(ConfigError, match="action_map 'squash'.*--controller.action_map squash"):
+        pipeline.iterate.main([*argv, "--controller.action_map", "original"])
     assert not (run / "round1").exists()  # refused before anything was written
     pipeline.iterate.main([*argv, "--all"])
     rows = _read_csv(run / "iterate.csv")
@@ -413,7 +416,7 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
         assert [int(e["seed"]) for e in played] == [k * 10_000_000 + i for i in range(2)]
         c = json.loads((r / "controller" / "config.json").read_text())["controller"]
         assert c["init_from"] == str((run if k == 1 else run / "round1") / "controller" / "best.msgpack")
-        assert c["action_map"] == "original" and c["dream"]
+        assert c["action_map"] == "squash" and c["dream"]
         for key in ("eval_mean_gas", "eval_saturated_steer", "eval_tiles", "eval_lap", "wall_s"):
             assert rows[k - 1][key] != ""
         # The per-round table's measurements: M before and after on the agent's own held-out

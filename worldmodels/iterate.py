@@ -66,7 +66,21 @@ def check_round(config: Config, run: Path, k: int) -> Path:
         raise ConfigError("iterate.episodes and iterate.rnn_steps must be >= 1, iterate.explore in [0, 1]")
     if it.init_c not in ("scratch", "previous"):
         raise ConfigError(f"iterate.init_c='{it.init_c}': valid are 'scratch', 'previous'")
+    played = previous_config(prev).controller.action_map
+    if it.init_c == "previous" and played != config.controller.action_map:
+        raise ConfigError(f"{prev}'s C was evolved with controller.action_map '{played}', this round would "
+                          f"start from it with '{config.controller.action_map}'; pass --controller.action_map "
+                          f"{played} (or --iterate.init_c scratch)")
     return prev
+
+
+def previous_config(prev: Path) -> Config:
+    """The config the previous agent's C was evolved with (its controller/config.json, else the
+    dir's): the agent plays round k's episodes under it, whatever round k's own settings are."""
+    from worldmodels.world_model import load_agent_config
+
+    saved = prev / "controller" / "config.json"
+    return Config.from_dict(json.loads(saved.read_text())) if saved.exists() else load_agent_config(prev)
 
 
 def round_finished(run: Path, k: int) -> bool:
@@ -125,7 +139,7 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     folder = prepare_stage_dir(out, "rollouts", rconfig, sections=("env", "rollouts", "iterate"),
                                free_fields=("rollouts.episodes", "iterate.episodes", "rollouts.workers",
                                             "iterate.rnn_steps"))
-    world = load_world_model(prev, config)
+    world = load_world_model(prev, previous_config(prev))
     flat, _ = ravel_pytree(load_controller(prev, world))
     summary = collect_rollouts(rconfig, folder, agent=agent_spec(world, flat, config.iterate.explore))
     print(f"iterate {k}: {summary.written} agent episodes written, {summary.skipped} already there -> {folder}")
