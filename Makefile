@@ -36,7 +36,7 @@ help:  ## this list
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables:"
-	@echo "  CONFIG=quick             preset: tiny quick default paper carracing-dream carracing-iterate doom-tiny doom-quick doom-default"
+	@echo "  CONFIG=quick             preset: tiny quick default paper carracing-dream carracing-iterate doom-tiny doom-quick doom-default doom-paper"
 	@echo "  RUN=runs/CONFIG          run directory every stage reads and writes"
 	@echo "  AGENT=RUN                agent or run dir for evaluate, play, export-agent (e.g. agents/carracing)"
 	@echo "  EPISODES= SEED=          evaluate: episodes and first env seed (default: the preset's eval section)"
