@@ -82,16 +82,44 @@ def test_sampling_matches_the_mixture_and_temperature_sharpens():
     assert (jnp.abs(cold - 3.0) < 0.5).mean() > 0.99  # the likelier component, nearly its mean
 
 
-def test_train_step_lowers_the_loss():
-    cfg, module = tiny_module(learning_rate=1e-2)
-    n = 120
+def _smooth_series(n):
     t = np.arange(n, dtype=np.float32)
-    data = {  # a smooth latent trajectory M can learn to predict
+    return {  # a smooth latent trajectory M can learn to predict
         "mu": jnp.asarray(np.stack([np.sin(t / 5), np.cos(t / 5), np.sin(t / 9), np.cos(t / 3)], 1)),
         "logvar": jnp.full((n, 4), -6.0), "action": jnp.zeros((n, 3)),
         "reward": jnp.asarray((t % 7 == 0).astype(np.float32)), "done": jnp.zeros(n).at[-1].set(1.0),
         "episode_start": jnp.zeros(n, jnp.int32), "episode_end": jnp.full(n, n - 1, jnp.int32),
     }
+
+
+def test_head_only_keeps_the_lstm_and_so_h():
+    """mdnrnn.head_only: the head learns (the loss falls), the LSTM's weights stay bit for bit,
+    so the h that C reads from M is what it was."""
+    from worldmodels.train.mdnrnn import LSTM_PARAMS
+
+    cfg, module = tiny_module(learning_rate=1e-2, head_only=True)
+    n, data = 120, _smooth_series(120)
+    tx = make_optimizer(cfg)
+    state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
+    before = jax.device_get(state.params)
+    step = jax.jit(make_train_step(module, cfg, tx))
+    losses = []
+    for i in range(30):
+        starts = jnp.asarray(np.random.default_rng(i).integers(0, n - cfg.seq_len + 1, cfg.batch_size))
+        state, metrics = step(state, data, starts, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    after = jax.device_get(state.params)
+    flat_before = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+    for path, value in jax.tree_util.tree_flatten_with_path(after)[0]:
+        frozen = any(getattr(k, "key", None) in LSTM_PARAMS for k in path)
+        same = np.array_equal(np.asarray(value), np.asarray(flat_before[path]))
+        assert same == frozen, (path, frozen)
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+
+
+def test_train_step_lowers_the_loss():
+    cfg, module = tiny_module(learning_rate=1e-2)
+    n, data = 120, _smooth_series(120)
     tx = make_optimizer(cfg)
     state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
     step = jax.jit(make_train_step(module, cfg, tx))

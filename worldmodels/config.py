@@ -206,6 +206,10 @@ class MDNRNNConfig:
     init_from: str = ""
     """Start from this M (an mdnrnn params.msgpack) instead of a random one, with a fresh
     optimiser: `make iterate` retrains the previous round's M on the grown data."""
+    head_only: bool = False
+    """Train only the output head (mixture, reward and done); the LSTM's weights stay as they
+    were, so h, which C reads, is unchanged: with `init_from` the previous C still drives as it
+    did (retraining the whole M changed what h means and took a CarRacing C from 762 to 342)."""
     seed: int = 0
     """Initialisation, window sampling and the train/held-out split."""
 

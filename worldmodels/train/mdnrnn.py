@@ -185,8 +185,21 @@ def make_loss(module: MDNRNN, cfg: MDNRNNConfig, fused: bool = True) -> Callable
     return loss_fn
 
 
+LSTM_PARAMS = ("w_x", "w_h", "b")
+"""M's recurrent weights (`MDNRNN.setup`); `mdnrnn.head_only` leaves them as they are."""
+
+
 def make_optimizer(cfg: MDNRNNConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+    if not cfg.head_only:
+        return tx
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if any(getattr(k, "key", None) in LSTM_PARAMS for k in path) else "train",
+            params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def make_train_step(module: MDNRNN, cfg: MDNRNNConfig, tx: optax.GradientTransformation) -> Callable:
