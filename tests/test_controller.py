@@ -298,6 +298,36 @@ def test_agent_policy_plays_the_agent_and_explores(tiny_world):
     assert np.abs(np.diff(randomly["action"], axis=0)).max() < 0.5  # a Brownian walk, never C's jumps
 
 
+def test_exploit_share_plays_the_favourite_on_its_share_of_episodes(tiny_world):
+    """iterate.exploit_share: the alternate C plays exactly its share of the episode indices,
+    spread evenly, and an episode it plays is the one it plays alone."""
+    from jax.flatten_util import ravel_pytree
+
+    from worldmodels.config import get_config
+    from worldmodels.rollout.collect import agent_spec, plays_alternate, run_random_episode
+    from worldmodels.world_model import load_world_model
+
+    assert [i for i in range(12) if plays_alternate(i, 0.25)] == [3, 7, 11]
+    assert sum(plays_alternate(i, 0.1) for i in range(200)) == 20
+    assert not any(plays_alternate(i, 0.0) for i in range(50)) and all(plays_alternate(i, 1.0) for i in range(50))
+
+    config = get_config("tiny")
+    world = load_world_model(tiny_world, config)
+    template = world.controller_template()
+    kept, favourite = (jax.tree.map(lambda a, s=s: s * jnp.ones_like(a), template) for s in (0.3, -0.3))
+    for c in (kept, favourite):
+        c["b"] = jnp.asarray([0.0, 2.0, -2.0])  # gas: the car moves, frames change
+    flat_kept, flat_fav = (np.asarray(ravel_pytree(c)[0]) for c in (kept, favourite))
+    rollouts = dataclasses.replace(config.rollouts, max_steps=20, seed=5)
+    mixed = agent_spec(world, flat_kept, 0.0, flat_fav, 0.5)
+    for index, alone in ((0, flat_kept), (1, flat_fav)):
+        got = run_random_episode(config.env, rollouts, index, mixed)
+        want = run_random_episode(config.env, rollouts, index, agent_spec(world, alone, 0.0))
+        np.testing.assert_array_equal(got["action"], want["action"])
+    other = run_random_episode(config.env, rollouts, 1, agent_spec(world, flat_kept, 0.0))
+    assert not np.allclose(other["action"], run_random_episode(config.env, rollouts, 1, mixed)["action"])
+
+
 def test_real_env_training(reference_controller):
     """`make train-controller` in the real env: the session's undisturbed reference run (test_crash
     and test_cluster compare their killed and resumed runs with it)."""
@@ -400,12 +430,15 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
     shutil.copyfile(reference_controller / "controller" / "config.json", run / "config.json")
     argv = ["--config", "tiny", "--run", str(run), "--iterate.rounds", "2", "--iterate.episodes", "2",
             "--iterate.rnn_steps", "3", "--iterate.init_c", "previous", "--controller.action_map", "squash",
-            "--controller.dream", "true", "--controller.generations", "1", "--eval.videos", "false"]
+            "--controller.dream", "true", "--controller.generations", "1", "--eval.videos", "false",
+            "--iterate.exploit_share", "0.5"]
     with pytest.raises(ConfigError, match="init_c"):
         pipeline.iterate.main([*argv, "--iterate.init_c", "last"])
     # The reference C was evolved with the squash map: starting from it under another map is refused.
     with pytest.raises(ConfigError, match="action_map 'squash'.*--controller.action_map squash"):
         pipeline.iterate.main([*argv, "--controller.action_map", "original"])
+    with pytest.raises(ConfigError, match="exploit_share"):
+        pipeline.iterate.main([*argv, "--iterate.exploit_share", "1.5"])
     assert not (run / "round1").exists()  # refused before anything was written
     pipeline.iterate.main([*argv, "--all"])
     rows = _read_csv(run / "iterate.csv")
@@ -417,6 +450,10 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
         c = json.loads((r / "controller" / "config.json").read_text())["controller"]
         assert c["init_from"] == str((run if k == 1 else run / "round1") / "controller" / "best.msgpack")
         assert c["action_map"] == "squash" and c["dream"]
+        # exploit_share 0.5: episode 0 is the kept C's, episode 1 the previous search's favourite's.
+        assert float(rows[k - 1]["agent_return_kept"]) == pytest.approx(float(played[0]["reward"].sum()), abs=0.06)
+        assert float(rows[k - 1]["agent_return_favourite"]) == pytest.approx(float(played[1]["reward"].sum()),
+                                                                                abs=0.06)
         for key in ("eval_mean_gas", "eval_saturated_steer", "eval_tiles", "eval_lap", "wall_s"):
             assert rows[k - 1][key] != ""
         # The per-round table's measurements: M before and after on the agent's own held-out

@@ -330,6 +330,11 @@ class IterateConfig:
     previous round's C, so each round refines the last one's driving in the new dream)."""
     rounds: int = 3
     """`make iterate-all`: rounds 1..rounds, each skipped once finished (its eval/summary.json)."""
+    exploit_share: float = 0.0
+    """Share of the round's agent episodes played by the previous round's dream favourite
+    (controller/best_fitness.msgpack, the candidate with the highest search fitness) instead of its
+    kept C: where C exploits a wrong dream, those episodes show M what the real env does there.
+    0 = the paper's round (the kept C plays every episode)."""
 
 
 @dataclass(frozen=True)

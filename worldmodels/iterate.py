@@ -64,6 +64,12 @@ def check_round(config: Config, run: Path, k: int) -> Path:
     it = config.iterate
     if it.episodes < 1 or not 0 <= it.explore <= 1 or it.rnn_steps < 1:
         raise ConfigError("iterate.episodes and iterate.rnn_steps must be >= 1, iterate.explore in [0, 1]")
+    if not 0 <= it.exploit_share <= 1:
+        raise ConfigError(f"iterate.exploit_share={it.exploit_share}: must be in [0, 1]")
+    if it.exploit_share > 0 and not (prev / "controller" / "best_fitness.msgpack").exists():
+        raise DataError(f"iterate.exploit_share {it.exploit_share} plays {prev}'s dream favourite, but "
+                        f"{prev / 'controller' / 'best_fitness.msgpack'} does not exist; "
+                        "pass --iterate.exploit_share 0")
     if it.init_c not in ("scratch", "previous"):
         raise ConfigError(f"iterate.init_c='{it.init_c}': valid are 'scratch', 'previous'")
     played = previous_config(prev).controller.action_map
@@ -81,6 +87,20 @@ def previous_config(prev: Path) -> Config:
 
     saved = prev / "controller" / "config.json"
     return Config.from_dict(json.loads(saved.read_text())) if saved.exists() else load_agent_config(prev)
+
+
+def player_returns(folder: Path, exploit_share: float) -> dict[str, float]:
+    """Mean real return of the round's agent episodes by who played them: the kept C and, with
+    iterate.exploit_share > 0, the previous search's dream favourite (its real score, with
+    exploration, beside the dream score that made it the favourite)."""
+    from worldmodels.data.episodes import episode_index, list_episodes, load_episode
+    from worldmodels.rollout.collect import plays_alternate
+
+    groups: dict[str, list[float]] = {"kept": [], "favourite": []}
+    for path in list_episodes(folder):
+        who = "favourite" if exploit_share > 0 and plays_alternate(episode_index(path), exploit_share) else "kept"
+        groups[who].append(float(np.sum(load_episode(path, keys=("reward",))["reward"])))
+    return {f"agent_return_{who}": round(float(np.mean(r)), 1) for who, r in groups.items() if r}
 
 
 def round_finished(run: Path, k: int) -> bool:
@@ -141,8 +161,13 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
                                             "iterate.rnn_steps"))
     world = load_world_model(prev, previous_config(prev))
     flat, _ = ravel_pytree(load_controller(prev, world))
-    summary = collect_rollouts(rconfig, folder, agent=agent_spec(world, flat, config.iterate.explore))
+    favourite = None
+    if config.iterate.exploit_share > 0:
+        favourite, _ = ravel_pytree(load_controller(prev, world, "best_fitness.msgpack"))
+    summary = collect_rollouts(rconfig, folder, agent=agent_spec(world, flat, config.iterate.explore,
+                                                                 favourite, config.iterate.exploit_share))
     print(f"iterate {k}: {summary.written} agent episodes written, {summary.skipped} already there -> {folder}")
+    players = player_returns(folder, config.iterate.exploit_share)
     if own_ray:
         ray.shutdown()  # an idle Ray slows M's training (scripts/bench.py); C starts it again
 
@@ -169,6 +194,7 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
            "agent_episode_mean_steps": round(summary.steps / max(summary.written, 1), 1) if summary.written else "",
            "train_episodes_m": m_summary["train_episodes"],
            "heldout_done_recall": round(m_summary.get("heldout_done_recall", float("nan")), 3),
+           **players,
            "c_best_fitness": round(float(c_summary["best_fitness"]), 1),
            "c_kept_check": round(float(c_summary["best_check"]), 1),
            "eval_mean": round(e_summary["mean"], 1), "eval_std": round(e_summary["std"], 1),

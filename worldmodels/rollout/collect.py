@@ -8,6 +8,7 @@ killed worker's task is simply retried. Episode i is fully determined by (seed, 
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
         if agent is not None:
             from worldmodels.rollout.agent import agent_policy
 
-            policy = agent_policy(agent["world_id"], agent["payload"], agent["controller"], policy,
+            controller = (agent["alternate"] if "alternate" in agent
+                          and plays_alternate(index, agent["alternate_share"]) else agent["controller"])
+            policy = agent_policy(agent["world_id"], agent["payload"], controller, policy,
                                   agent["explore"], rng)
         obs, _ = env.reset(seed=seed)
         frames, actions, rewards, terms, truncs = [], [], [], [], []
@@ -71,13 +74,24 @@ def run_random_episode(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
                           policy="agent" if agent is not None else spec.label)
 
 
-def agent_spec(world, controller: np.ndarray, explore: float) -> dict:
+def agent_spec(world, controller: np.ndarray, explore: float, alternate: np.ndarray | None = None,
+               alternate_share: float = 0.0) -> dict:
     """What a worker needs to play an agent: V and M (plain arrays), C's flat parameters and
-    the share of steps whose action comes from the random policy instead."""
+    the share of steps whose action comes from the random policy instead; optionally a second
+    C (`alternate`) that plays a share `alternate_share` of the episodes (`plays_alternate`)."""
     from worldmodels.parallel import world_id
 
-    return {"world_id": world_id(world), "payload": world.payload(),
+    spec = {"world_id": world_id(world), "payload": world.payload(),
             "controller": np.asarray(controller, np.float32), "explore": float(explore)}
+    if alternate is not None and alternate_share > 0:
+        spec.update(alternate=np.asarray(alternate, np.float32), alternate_share=float(alternate_share))
+    return spec
+
+
+def plays_alternate(index: int, share: float) -> bool:
+    """Whether episode `index` is one of the share `share` played by the alternate C: spread
+    evenly over the indices (share 0.25: episodes 3, 7, 11, ...), so any prefix holds its share."""
+    return math.floor((index + 1) * share) > math.floor(index * share)
 
 
 def _episode_task(env_cfg: EnvConfig, cfg: RolloutConfig, index: int,
