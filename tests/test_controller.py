@@ -479,3 +479,17 @@ def _read_csv(path):
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_iterate_csv_takes_new_columns(tmp_path):
+    """A round whose row has a column the earlier rounds lack rewrites RUN/iterate.csv with every
+    column, the earlier rows kept (empty in the new one)."""
+    from worldmodels.iterate import append_row
+
+    path = tmp_path / "iterate.csv"
+    append_row(path, {"round": 1, "eval_mean": 784.3})
+    append_row(path, {"round": 2, "agent_return_favourite": -51.0, "eval_mean": 790.0})
+    rows = _read_csv(path)
+    assert list(rows[0]) == ["round", "eval_mean", "agent_return_favourite"]
+    assert rows[0] == {"round": "1", "eval_mean": "784.3", "agent_return_favourite": ""}
+    assert rows[1] == {"round": "2", "eval_mean": "790.0", "agent_return_favourite": "-51.0"}

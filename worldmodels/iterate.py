@@ -261,7 +261,8 @@ def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: in
 
 
 TABLE_COLUMNS = (
-    ("round", "round"), ("agent episodes", "episodes"), ("M trained on", "train_episodes_m"),
+    ("round", "round"), ("agent episodes", "episodes"),
+    ("their real return: kept C / dream favourite", "players"), ("M trained on", "train_episodes_m"),
     ("M before: z NLL on own held-out", "m_before_z_nll_own"), ("M after: z NLL own / random", "m_after_z_nll"),
     ("V error per pixel own / random", "v_error"), ("C: dream score", "c_dream"), ("C: real check", "c_kept_check"),
     ("C: real, 100 seeds", "eval"), ("mean gas", "eval_mean_gas"), ("saturated steer", "eval_saturated_steer"),
@@ -291,6 +292,7 @@ def round_table(run: str | os.PathLike) -> str:
         d = json.loads(d_path.read_text()) if d_path.exists() else {}
         cells = {
             "round": str(k), "episodes": r.get("episodes", "—"), "train_episodes_m": r.get("train_episodes_m", "—"),
+            "players": f"{num(r.get('agent_return_kept'))} / {num(r.get('agent_return_favourite'))}",
             "m_before_z_nll_own": num(d.get("m_before_z_nll_own"), "{:.3f}"),
             "m_after_z_nll": (f"{num(d.get('m_after_z_nll_own'), '{:.3f}')} / "
                               f"{num(d.get('m_after_z_nll_random'), '{:.3f}')}"),
@@ -331,10 +333,20 @@ def write_table(run: str | os.PathLike) -> str:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """One line per finished round (a rerun of a round adds a line)."""
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """One line per finished round (a rerun of a round adds a line). A row with columns the file
+    lacks (a round with iterate.exploit_share, say) rewrites the file, atomically, with every
+    column; the older rows leave the new ones empty."""
+    import io
+
+    from worldmodels.data.atomic import atomic_write_text
+
+    rows = []
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    fields = list(dict.fromkeys([*(rows[0].keys() if rows else []), *row]))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows([*rows, row])
+    atomic_write_text(path, text.getvalue())
