@@ -92,23 +92,27 @@ def _smooth_series(n):
     }
 
 
-def test_head_only_keeps_the_lstm_and_so_h():
-    """mdnrnn.head_only: the head learns (the loss falls), the LSTM's weights stay bit for bit,
-    so the h that C reads from M is what it was."""
-    from worldmodels.train.mdnrnn import LSTM_PARAMS
-
-    cfg, module = tiny_module(learning_rate=1e-2, head_only=True)
-    n, data = 120, _smooth_series(120)
+def _train_on_smooth_series(cfg, module, steps: int, n: int = 120):
+    """`steps` jitted train steps on `_smooth_series(n)`: (params before, params after, losses)."""
+    data = _smooth_series(n)
     tx = make_optimizer(cfg)
     state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
     before = jax.device_get(state.params)
     step = jax.jit(make_train_step(module, cfg, tx))
     losses = []
-    for i in range(30):
+    for i in range(steps):
         starts = jnp.asarray(np.random.default_rng(i).integers(0, n - cfg.seq_len + 1, cfg.batch_size))
         state, metrics = step(state, data, starts, jax.random.key(i))
         losses.append(float(metrics["loss"]))
-    after = jax.device_get(state.params)
+    return before, jax.device_get(state.params), losses
+
+
+def test_head_only_keeps_the_lstm_and_so_h():
+    """mdnrnn.head_only: the head learns (the loss falls), the LSTM's weights stay bit for bit,
+    so the h that C reads from M is what it was."""
+    from worldmodels.train.mdnrnn import LSTM_PARAMS
+
+    before, after, losses = _train_on_smooth_series(*tiny_module(learning_rate=1e-2, head_only=True), steps=30)
     flat_before = dict(jax.tree_util.tree_flatten_with_path(before)[0])
     for path, value in jax.tree_util.tree_flatten_with_path(after)[0]:
         frozen = any(getattr(k, "key", None) in LSTM_PARAMS for k in path)
@@ -118,16 +122,7 @@ def test_head_only_keeps_the_lstm_and_so_h():
 
 
 def test_train_step_lowers_the_loss():
-    cfg, module = tiny_module(learning_rate=1e-2)
-    n, data = 120, _smooth_series(120)
-    tx = make_optimizer(cfg)
-    state = init_train_state(lambda k: init_params(module, k), tx, jax.random.key(0))
-    step = jax.jit(make_train_step(module, cfg, tx))
-    losses = []
-    for i in range(40):
-        starts = jnp.asarray(np.random.default_rng(i).integers(0, n - cfg.seq_len + 1, cfg.batch_size))
-        state, metrics = step(state, data, starts, jax.random.key(i))
-        losses.append(float(metrics["loss"]))
+    _, _, losses = _train_on_smooth_series(*tiny_module(learning_rate=1e-2), steps=40)
     assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
