@@ -210,6 +210,13 @@ class MDNRNNConfig:
     """Train only the output head (mixture, reward and done); the LSTM's weights stay as they
     were, so h, which C reads, is unchanged: with `init_from` the previous C still drives as it
     did (retraining the whole M changed what h means and took a CarRacing C from 762 to 342)."""
+    done_refit_steps: int = 0
+    """After training, refit the done column of M's output layer on frozen h (logistic
+    regression, this many Adam steps; 0 = off): h, the mixture and the reward head stay as they
+    are, and the step with the lowest log loss on half of the held-out episodes is kept. The
+    done head trained with M overfits the data's deaths (docs/doom-curves)."""
+    done_refit_l2: float = 1e-3
+    """L2 penalty on the refit done column's weights."""
     seed: int = 0
     """Initialisation, window sampling and the train/held-out split."""
 

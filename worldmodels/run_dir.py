@@ -18,7 +18,7 @@ FREE_FIELDS: dict[str, tuple[str, ...]] = {
     "vision": ("vision.epochs", "vision.max_steps", "vision.devices", "vision.layers",
                "vision.chunk_frames", "vision.checkpoint_every", "vision.log_every"),
     "mdnrnn": ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "mdnrnn.temperature",
-               "mdnrnn.eval_every", "mdnrnn.eval_windows"),
+               "mdnrnn.eval_every", "mdnrnn.eval_windows", "mdnrnn.done_refit_steps", "mdnrnn.done_refit_l2"),
     "controller": ("controller.generations", "controller.eval_every", "controller.eval_episodes",
                    "controller.workers", "controller.episode_timeout"),
 }

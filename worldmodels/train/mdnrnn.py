@@ -508,10 +508,22 @@ def train_mdnrnn(config: Config, run: str | Path, progress: bool = True,
             bar.close()
 
     params = jax.device_get(state.params)
-    save_checkpoint(out / "params.msgpack", params, {**meta, "step": step})
+    refit = None
+    if cfg.done_refit_steps > 0 and cfg.done_head:
+        # The checkpoint keeps M as trained (more steps continue from it); params.msgpack and
+        # everything downstream get the refit done column.
+        from worldmodels.train.done_refit import refit_done_column
+
+        if progress:
+            print(f"train-rnn: refitting the done column on frozen h ({cfg.done_refit_steps} steps)", flush=True)
+        params, refit = refit_done_column(module, params, data, heldout, cfg.done_refit_steps, cfg.done_refit_l2,
+                                          seed=cfg.seed)
+    save_checkpoint(out / "params.msgpack", params, {**meta, "step": step, **({"done_refit": refit} if refit else {})})
     summary = {"steps": step, "train_episodes": len(train_paths), "heldout_episodes": len(heldout_paths),
                "train_seconds_this_run": time.perf_counter() - start,
                **evaluate_one_step(module, cfg, params, heldout)}
+    if refit is not None:
+        summary["done_refit"] = refit
     if log.rows:
         summary["final_train_loss"] = log.rows[-1]["loss"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
