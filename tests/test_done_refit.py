@@ -50,8 +50,17 @@ def test_refit_changes_only_the_done_column_and_learns_the_deaths():
     assert report["after"]["auc"] > 0.9 and report["kept_step"] > 0
     assert report["train_frames"] == int(train.lengths.sum())
     # the report's figures are those of the returned params
-    h, logit, death = episode_hiddens(module, new, heldout, np.arange(1, 20, 2))
+    odd = np.arange(1, 20, 2)
+    h, logit, death = episode_hiddens(module, new, heldout, odd)
     np.testing.assert_allclose(log_loss(logit, death), report["after"]["log_loss"], rtol=1e-4)
+    # frames come back in the order of the episodes asked for, whatever their lengths
+    starts = heldout.episode_starts()
+    np.testing.assert_array_equal(death, np.concatenate([heldout.done[starts[e]:starts[e] + heldout.lengths[e]]
+                                                         for e in odd]) > 0.5)
+    x = module.inputs(heldout.mu[None, starts[3]:starts[3] + heldout.lengths[3]],
+                      heldout.action[None, starts[3]:starts[3] + heldout.lengths[3]])
+    np.testing.assert_allclose(h[heldout.lengths[1]:heldout.lengths[1] + heldout.lengths[3]],
+                               module.apply({"params": new}, x)[2][0], rtol=1e-5, atol=1e-6)
 
 
 def test_fit_keeps_the_start_when_training_only_hurts():

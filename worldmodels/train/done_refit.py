@@ -26,7 +26,7 @@ EVAL_EVERY = 100  # refit steps between held-out log-loss checks
 def episode_hiddens(module: MDNRNN, params, data, episodes: np.ndarray | None = None,
                     chunk: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """h_t (N, H), M's done logit (N,) and done target (N,) of every frame of `episodes` (all
-    by default), each episode read whole from its first frame with z = mu."""
+    by default), in that order, each episode read whole from its first frame with z = mu."""
     episodes = np.arange(len(data.lengths)) if episodes is None else np.asarray(episodes)
     starts = data.episode_starts()
     order = episodes[np.argsort(data.lengths[episodes], kind="stable")]  # chunks of similar length
@@ -36,7 +36,7 @@ def episode_hiddens(module: MDNRNN, params, data, episodes: np.ndarray | None = 
         _, out, hs = module.apply({"params": params}, module.inputs(z, a, r))
         return hs, out.done
 
-    hs_all, logit_all, done_all = [], [], []
+    parts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for i in range(0, len(order), chunk):
         group = order[i:i + chunk]
         n = int(np.ceil(data.lengths[group].max() / 100) * 100)  # few distinct shapes to compile
@@ -50,10 +50,8 @@ def episode_hiddens(module: MDNRNN, params, data, episodes: np.ndarray | None = 
         hs, logit = (np.asarray(x) for x in run(params, jnp.asarray(z), jnp.asarray(a), jnp.asarray(r)))
         for j, e in enumerate(group):
             s, length = starts[e], data.lengths[e]
-            hs_all.append(hs[j, :length])
-            logit_all.append(logit[j, :length])
-            done_all.append(data.done[s:s + length])
-    return np.concatenate(hs_all), np.concatenate(logit_all), np.concatenate(done_all) > 0.5
+            parts[int(e)] = hs[j, :length], logit[j, :length], data.done[s:s + length] > 0.5
+    return tuple(np.concatenate([parts[int(e)][k] for e in episodes]) for k in range(3))
 
 
 def log_loss(logit: np.ndarray, target: np.ndarray) -> float:
