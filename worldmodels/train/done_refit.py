@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from worldmodels.losses import binary_cross_entropy_with_logits
 from worldmodels.models.mdnrnn import MDNRNN
 
 EVAL_EVERY = 100  # refit steps between held-out log-loss checks
@@ -55,9 +56,8 @@ def episode_hiddens(module: MDNRNN, params, data, episodes: np.ndarray | None = 
 
 
 def log_loss(logit: np.ndarray, target: np.ndarray) -> float:
-    """Mean binary cross-entropy of logits against 0/1 targets."""
-    logit = logit.astype(np.float64)
-    return float(np.mean(np.logaddexp(0.0, logit) - target * logit))
+    """Mean binary cross-entropy of logits against 0/1 targets (the loss M's done head trains on)."""
+    return float(jnp.mean(binary_cross_entropy_with_logits(jnp.asarray(logit), jnp.asarray(target, jnp.float32))))
 
 
 def fit_done_column(h_train, y_train, h_val, y_val, w0, b0, steps: int, l2: float,
@@ -72,7 +72,7 @@ def fit_done_column(h_train, y_train, h_val, y_val, w0, b0, steps: int, l2: floa
     h_val, y_val = jnp.asarray(h_val), jnp.asarray(y_val, jnp.float32)
 
     def bce(p, h, y):
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(h @ p["w"] + p["b"], y))
+        return jnp.mean(binary_cross_entropy_with_logits(h @ p["w"] + p["b"], y))
 
     @jax.jit
     def step(p, opt, idx):
