@@ -20,6 +20,7 @@ import optax
 
 from worldmodels.losses import binary_cross_entropy_with_logits
 from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.train.scores import done_quality
 
 EVAL_EVERY = 100  # refit steps between held-out log-loss checks
 
@@ -97,8 +98,6 @@ def refit_done_column(module: MDNRNN, params, train, heldout, steps: int, l2: fl
                       max_frames: int = 1_000_000, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """`params` with the done column refit on frozen h (module docstring), and a report: the
     held-out halves' log loss, recall at 1 % false alarms and AUC before and after."""
-    from worldmodels.train.mdnrnn import done_quality
-
     rng = np.random.default_rng(seed)
     episodes = rng.permutation(len(train.lengths))
     keep = episodes[np.cumsum(train.lengths[episodes]) <= max_frames]  # memory: N x H floats
