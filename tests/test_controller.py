@@ -439,8 +439,14 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
         pipeline.iterate.main([*argv, "--controller.action_map", "original"])
     with pytest.raises(ConfigError, match="exploit_share"):
         pipeline.iterate.main([*argv, "--iterate.exploit_share", "1.5"])
+    with pytest.raises(ConfigError, match="refit_c.*--iterate.init_c previous"):
+        pipeline.iterate.main([*argv, "--iterate.refit_c", "true", "--iterate.init_c", "scratch"])
     assert not (run / "round1").exists()  # refused before anything was written
-    pipeline.iterate.main([*argv, "--all"])
+    pipeline.iterate.main([*argv, "--round", "1"])
+    # Round 2 carries round 1's C to its retrained M (iterate.refit_c) before the search.
+    pipeline.iterate.main([*argv, "--iterate.refit_c", "true", "--all"])
+    refit = json.loads((run / "round2" / "c_refit" / "report.json").read_text())
+    assert refit["train_frames"] > 0 and len(refit["train_r2"]) == 3
     rows = _read_csv(run / "iterate.csv")
     assert [r["round"] for r in rows] == ["1", "2"]
     for k in (1, 2):
@@ -448,7 +454,8 @@ def test_carracing_iterate_chain_two_rounds_resumes(reference_controller, tmp_pa
         played = [load_episode(p) for p in list_episodes(r / "rollouts")]
         assert [int(e["seed"]) for e in played] == [k * 10_000_000 + i for i in range(2)]
         c = json.loads((r / "controller" / "config.json").read_text())["controller"]
-        assert c["init_from"] == str((run if k == 1 else run / "round1") / "controller" / "best.msgpack")
+        start = run / "controller" if k == 1 else run / "round2" / "c_refit"
+        assert c["init_from"] == str(start / "best.msgpack")
         assert c["action_map"] == "squash" and c["dream"]
         # exploit_share 0.5: episode 0 is the kept C's, episode 1 the previous search's favourite's.
         assert float(rows[k - 1]["agent_return_kept"]) == pytest.approx(float(played[0]["reward"].sum()), abs=0.06)

@@ -342,6 +342,12 @@ class IterateConfig:
     (controller/best_fitness.msgpack, the candidate with the highest search fitness) instead of its
     kept C: where C exploits a wrong dream, those episodes show M what the real env does there.
     0 = the paper's round (the kept C plays every episode)."""
+    refit_c: bool = False
+    """Carry the previous round's C across M's retraining before the search starts from it
+    (needs init_c 'previous'): the linear C on [z, h] whose outputs on the new h best match, in
+    least squares, the old C's on the old h along this round's agent episodes
+    (worldmodels/train/c_refit.py) -> RUN/round<k>/c_refit. Without it a C evolved on the old h
+    reads a retrained LSTM's h as noise."""
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,14 @@ def round_config(config: Config, run: Path, k: int) -> Config:
     """The config of round k: the rollouts and M sections changed as the round needs."""
     prev = run if k == 1 else run / f"round{k - 1}"
     it = config.iterate
+    start_c = (run / f"round{k}" / "c_refit" if it.refit_c else prev / "controller") / "best.msgpack"
     return dataclasses.replace(
         config,
         rollouts=dataclasses.replace(config.rollouts, episodes=it.episodes,
                                      seed=config.rollouts.seed + k * ROUND_SEED_STRIDE),
         mdnrnn=dataclasses.replace(config.mdnrnn, steps=it.rnn_steps,
                                    init_from=str(prev / "mdnrnn" / "params.msgpack")),
-        controller=dataclasses.replace(config.controller, init_from=str(prev / "controller" / "best.msgpack"))
+        controller=dataclasses.replace(config.controller, init_from=str(start_c))
         if it.init_c == "previous" else config.controller,
     )
 
@@ -72,6 +73,13 @@ def check_round(config: Config, run: Path, k: int) -> Path:
                         "pass --iterate.exploit_share 0")
     if it.init_c not in ("scratch", "previous"):
         raise ConfigError(f"iterate.init_c='{it.init_c}': valid are 'scratch', 'previous'")
+    if it.refit_c:
+        from worldmodels.train.c_refit import check_refit
+
+        if it.init_c != "previous":
+            raise ConfigError("iterate.refit_c carries the previous round's C to the new M; it needs "
+                              "--iterate.init_c previous (or pass --iterate.refit_c false)")
+        check_refit(config.controller)
     played = previous_config(prev).controller.action_map
     if it.init_c == "previous" and played != config.controller.action_map:
         raise ConfigError(f"{prev}'s C was evolved with controller.action_map '{played}', this round would "
@@ -158,7 +166,7 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     # 1. The previous round's agent plays, exploring.
     folder = prepare_stage_dir(out, "rollouts", rconfig, sections=("env", "rollouts", "iterate"),
                                free_fields=("rollouts.episodes", "iterate.episodes", "rollouts.workers",
-                                            "iterate.rnn_steps"))
+                                            "iterate.rnn_steps", "iterate.refit_c"))
     world = load_world_model(prev, previous_config(prev))
     flat, _ = ravel_pytree(load_controller(prev, world))
     favourite = None
@@ -181,6 +189,10 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     m_summary = train_mdnrnn(rconfig, out, series=folders)
     print("iterate {}: M {}".format(k, json.dumps({key: round(v, 4) if isinstance(v, float) else v
                                                    for key, v in m_summary.items()})))
+
+    # 3b. Round k-1's C carried to the new M's h (iterate.refit_c).
+    if config.iterate.refit_c:
+        refit_step(rconfig, prev, out)
 
     # 4. C in the new M (from scratch or from round k-1's C).
     prepare_stage_dir(out, "controller", rconfig, sections=("controller",), free_fields=FREE_FIELDS["controller"])
@@ -207,6 +219,38 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
     print(f"iterate {k}: {e_summary['mean']:.1f} ± {e_summary['std']:.1f} over {e_summary['episodes']} "
           f"episodes of {e_summary['env_id']} -> {out / 'eval'}")
     return row
+
+
+def refit_step(rconfig: Config, prev: Path, out: Path) -> dict[str, Any]:
+    """Round k-1's C refit to round k's M (`iterate.refit_c`) -> out/c_refit/best.msgpack and
+    report.json: fitted on the train split of the round's agent episodes, reported on its held-out
+    split. Done once: a resumed round keeps the C it wrote."""
+    from worldmodels.agent import load_controller
+    from worldmodels.checkpoint import save_checkpoint
+    from worldmodels.data.atomic import atomic_write_text
+    from worldmodels.envs import controller_squash
+    from worldmodels.train.c_refit import refit_controller
+    from worldmodels.train.mdnrnn import SeriesData, split_series
+    from worldmodels.world_model import load_world_model
+
+    folder = out / "c_refit"
+    if (folder / "best.msgpack").exists() and (folder / "report.json").exists():
+        return json.loads((folder / "report.json").read_text())
+    old = load_world_model(prev, previous_config(prev))
+    new = load_world_model(out, rconfig)
+    train, held = split_series(out / "series", rconfig.mdnrnn.holdout_fraction)
+    started = time.perf_counter()
+    params, report = refit_controller(load_controller(prev, old), old, new, SeriesData.load(train),
+                                      SeriesData.load(held) if held else None, controller_squash(rconfig))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "best.msgpack", params, {"refit_from": str(prev / "controller" / "best.msgpack"),
+                                                      **report})
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=1))
+    print("iterate: C refit to the new M's h: held-out R^2 {} (action error refit {} / unchanged {})".format(
+        *(" ".join(f"{v:.3f}" for v in report.get(key, [])) for key in
+          ("heldout_r2", "heldout_action_mae_refit", "heldout_action_mae_unchanged"))))
+    return report
 
 
 def round_diagnostics(config: Config, run: str | os.PathLike, k: int, frames: int = 1000,
