@@ -149,6 +149,40 @@ def _dream_scorers(tiny_world, tmp_path):
     return scorer, candidates, other
 
 
+def test_check_start_keeps_the_start_unless_a_check_beats_it(tmp_path, tiny_world):
+    """controller.check_start: the start C is checked before generation 1 and stays the kept C
+    (generation 0) until a generation's check beats it; after each step of a resumed search the
+    kept check is the best of the start's and every generation's."""
+    first = copy_run(tiny_world, tmp_path / "first")
+    run_in_process("train_controller", "--config", "tiny", "--run", str(first), "--controller.dream", "1",
+                   "--controller.checks", "dream")
+    start = first / "controller" / "best.msgpack"
+    run = copy_run(tiny_world, tmp_path / "from_start")
+    args = ["--config", "tiny", "--run", str(run), "--controller.dream", "1", "--controller.checks", "dream",
+            "--controller.init_from", str(start), "--controller.check_start", "true", "--controller.eval_every", "1"]
+    seen = set()
+    for generations in (1, 2, 3):
+        run_in_process("train_controller", *args, "--controller.generations", str(generations))
+        best = json.loads((run / "controller" / "best.json").read_text())
+        rows = read_csv(run / "controller" / "generations.csv")
+        checks = [best["start_check"]] + [max(r["check_best"], r["check_mean_candidate"]) for r in rows]
+        assert len(rows) == generations and best["check"] == pytest.approx(max(checks))
+        kept = serialization_state(run / "controller" / "best.msgpack")["w"]
+        if best["which"] == "start":
+            assert best["generation"] == 0 and max(checks[1:]) <= best["start_check"]
+            np.testing.assert_array_equal(kept, serialization_state(start)["w"])
+        else:
+            assert best["generation"] >= 1 and not np.array_equal(kept, serialization_state(start)["w"])
+        seen.add(best["which"] == "start")
+    assert True in seen  # the start was kept at least once (a check only ties or falls below it)
+
+
+def serialization_state(path):
+    from flax import serialization
+
+    return serialization.msgpack_restore(path.read_bytes())["state"]
+
+
 def test_dream_worlds_split_the_rollouts_among_other_ms(tmp_path, tiny_world):
     """controller.dream_worlds: the run's own M listed twice is the plain dream (the same episode
     keys, split in two); another M changes the scores; counts that do not split are refused."""

@@ -257,6 +257,10 @@ class ControllerConfig:
     """Training only (never evaluation): end a real-env episode after this many steps without
     a positive reward (the car has left the road or stopped), keeping the return so far.
     Saves most of the steps bad candidates would waste; 0 = full episodes as in the paper."""
+    check_start: bool = False
+    """With `init_from`: score the start C on the checks before the first generation and keep it
+    (best.msgpack, generation 0) unless a later check beats it, so a search that only loses
+    in the checks' game hands back the C it started from."""
     dream_max_steps: int = 1000
     """Episode cap in the dream."""
     dream_done: str = "threshold"

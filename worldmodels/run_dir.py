@@ -20,6 +20,7 @@ FREE_FIELDS: dict[str, tuple[str, ...]] = {
     "mdnrnn": ("mdnrnn.steps", "mdnrnn.checkpoint_every", "mdnrnn.log_every", "mdnrnn.temperature",
                "mdnrnn.eval_every", "mdnrnn.eval_windows", "mdnrnn.done_refit_steps", "mdnrnn.done_refit_l2"),
     "controller": ("controller.generations", "controller.eval_every", "controller.eval_episodes",
+                   "controller.check_start",
                    "controller.workers", "controller.episode_timeout"),
 }
 """Per stage folder, the fields a rerun may change (how long, how often, on what hardware):

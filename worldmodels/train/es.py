@@ -271,6 +271,19 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         mode = "dream" if cfg.dream else "real env"
         print(f"train C ({mode}): {len(flat0)} parameters, population {cfg.population}, "
               f"{cfg.rollouts} rollouts each, generations {generation}..{cfg.generations}", flush=True)
+    if cfg.check_start and cfg.init_from and generation == 0 and not np.isfinite(best["check"]):
+        x0 = np.asarray(es.mean)[None]
+        if cfg.checks == "dream":
+            score = float(scorer.checks(x0, cfg.eval_episodes).mean())
+        else:
+            checker = checker or ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
+            score = float(real_scores(checker, x0, config)[0])
+        best.update({"check": score, "start_check": score, "generation": 0, "which": "start", "checks": cfg.checks})
+        save_checkpoint(out / "best.msgpack", unravel(jnp.asarray(x0[0])),
+                        {"generation": 0, "check_score": score, "checks": cfg.checks, "start": cfg.init_from})
+        atomic_write_text(meta_path, json.dumps(best, indent=2))
+        if progress:
+            print(f"gen    0  the start C ({cfg.init_from}): {cfg.checks} check {score:.1f}", flush=True)
     while generation < cfg.generations:
         t0 = time.perf_counter()
         solutions = np.asarray(es.ask())
