@@ -224,7 +224,9 @@ def run_round(config: Config, run: str | os.PathLike, k: int) -> dict[str, Any]:
 def refit_step(rconfig: Config, prev: Path, out: Path) -> dict[str, Any]:
     """Round k-1's C refit to round k's M (`iterate.refit_c`) -> out/c_refit/best.msgpack and
     report.json: fitted on the train split of the round's agent episodes, reported on its held-out
-    split. Done once: a resumed round keeps the C it wrote."""
+    split. Done once per M: a resumed round keeps the C it wrote unless M's params changed since."""
+    import hashlib
+
     from worldmodels.agent import load_controller
     from worldmodels.checkpoint import save_checkpoint
     from worldmodels.data.atomic import atomic_write_text
@@ -234,8 +236,11 @@ def refit_step(rconfig: Config, prev: Path, out: Path) -> dict[str, Any]:
     from worldmodels.world_model import load_world_model
 
     folder = out / "c_refit"
+    m_sha = hashlib.sha256((out / "mdnrnn" / "params.msgpack").read_bytes()).hexdigest()[:16]
     if (folder / "best.msgpack").exists() and (folder / "report.json").exists():
-        return json.loads((folder / "report.json").read_text())
+        report = json.loads((folder / "report.json").read_text())
+        if report.get("m_params_sha256") == m_sha:
+            return report  # else M changed since (more steps): refit again
     old = load_world_model(prev, previous_config(prev))
     new = load_world_model(out, rconfig)
     train, held = split_series(out / "series", rconfig.mdnrnn.holdout_fraction)
@@ -243,6 +248,7 @@ def refit_step(rconfig: Config, prev: Path, out: Path) -> dict[str, Any]:
     params, report = refit_controller(load_controller(prev, old), old, new, SeriesData.load(train),
                                       SeriesData.load(held) if held else None, controller_squash(rconfig))
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["m_params_sha256"] = m_sha
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "best.msgpack", params, {"refit_from": str(prev / "controller" / "best.msgpack"),
                                                       **report})
