@@ -69,9 +69,11 @@ def refit_controller(c_params: dict, old_world, new_world, train_data, held_data
     fit on the held-out episodes: R^2 of the pre-squash outputs per action, and the mean absolute
     difference of the squashed actions (the old C on the old h vs the refit on the new h; also
     for the old C left unchanged on the new h, what the round would start from without the refit)."""
+    def old_c(x):
+        return np.clip(np.asarray(controller_output(c_params, jnp.asarray(x))), -CLIP, CLIP)
+
     def targets(data):
-        x_old = controller_inputs(old_world.module, old_world.rnn_params, data)
-        return np.clip(np.asarray(controller_output(c_params, jnp.asarray(x_old))), -CLIP, CLIP)
+        return old_c(controller_inputs(old_world.module, old_world.rnn_params, data))
 
     x_train = controller_inputs(new_world.module, new_world.rnn_params, train_data)
     y_train = targets(train_data)
@@ -85,7 +87,7 @@ def refit_controller(c_params: dict, old_world, new_world, train_data, held_data
         x_held = controller_inputs(new_world.module, new_world.rnn_params, held_data)
         y_held = targets(held_data)
         refit_y = x_held @ w + b
-        stale_y = np.clip(np.asarray(controller_output(c_params, jnp.asarray(x_held))), -CLIP, CLIP)
+        stale_y = old_c(x_held)
         act = lambda y: np.asarray(squash(jnp.asarray(y)))  # noqa: E731
         report.update({
             "heldout_frames": len(x_held),

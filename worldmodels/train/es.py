@@ -271,13 +271,19 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
         mode = "dream" if cfg.dream else "real env"
         print(f"train C ({mode}): {len(flat0)} parameters, population {cfg.population}, "
               f"{cfg.rollouts} rollouts each, generations {generation}..{cfg.generations}", flush=True)
+
+    def check(candidates: np.ndarray) -> np.ndarray:
+        """Each candidate's mean check score: on fixed dream keys or the real env's check seeds."""
+        nonlocal checker
+        if cfg.checks == "dream":
+            return scorer.checks(candidates, cfg.eval_episodes).mean(axis=1)
+        if checker is None:
+            checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
+        return real_scores(checker, candidates, config)
+
     if cfg.check_start and cfg.init_from and generation == 0 and not np.isfinite(best["check"]):
         x0 = np.asarray(es.mean)[None]
-        if cfg.checks == "dream":
-            score = float(scorer.checks(x0, cfg.eval_episodes).mean())
-        else:
-            checker = checker or ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
-            score = float(real_scores(checker, x0, config)[0])
+        score = float(check(x0)[0])
         best.update({"check": score, "start_check": score, "generation": 0, "which": "start", "checks": cfg.checks})
         save_checkpoint(out / "best.msgpack", unravel(jnp.asarray(x0[0])),
                         {"generation": 0, "check_score": score, "checks": cfg.checks, "start": cfg.init_from})
@@ -299,12 +305,7 @@ def train_controller(config: Config, run: str | Path, progress: bool = True,
                             {"generation": generation, "fitness": best["fitness"]})
         if generation % cfg.eval_every == 0 or generation == cfg.generations:
             candidates = np.stack([solutions[top], np.asarray(es.mean)])
-            if cfg.checks == "dream":
-                scores = scorer.checks(candidates, cfg.eval_episodes).mean(axis=1)
-            else:
-                if checker is None:
-                    checker = ParallelEpisodes(world, workers=cfg.workers, timeout=cfg.episode_timeout)
-                scores = real_scores(checker, candidates, config)
+            scores = check(candidates)
             row["check_best"], row["check_mean_candidate"] = float(scores[0]), float(scores[1])
             pick = int(np.argmax(scores))
             if scores[pick] > best["check"]:
